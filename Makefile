@@ -1,0 +1,53 @@
+# Set-up and checks for sparse-attention-operator. `make demo` and `make test` are the two entry points.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Downloads and builds are cached outside the clone so a fresh clone starts warm.
+CACHE_DIR ?= $(HOME)/.cache/sparse-attention-operator
+export PIP_CACHE_DIR := $(CACHE_DIR)/pip
+EXTRAS := operator,runtime,dev,kernels-build
+
+.PHONY: help venv lint typecheck test test-unit test-e2e crds demo clean
+
+help:
+	@echo "make demo   run the operator end to end on the embedded local cluster"
+	@echo "make test   install everything needed and run lint, type checks and every test"
+
+# Import names map onto the design card's folders through directory links (the folder named
+# operator/ must never itself be importable: it would shadow the standard library's module).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]' --config-settings editable_mode=strict
+	site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  rm -f $$site/__editable__.sparse_attention_operator*.pth; \
+	  mkdir -p $(VENV)/import-links; \
+	  ln -sfn $(CURDIR)/operator $(VENV)/import-links/sas_operator; \
+	  ln -sfn $(CURDIR)/runtime $(VENV)/import-links/sas_runtime; \
+	  echo $(CURDIR)/$(VENV)/import-links > $$site/sas-import-links.pth
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy -p sas_operator -p sas_runtime tests bench
+
+crds: venv
+	$(BIN)/python -m sas_operator.crd --write crds/
+
+test-unit: venv
+	$(BIN)/pytest -m "not e2e and not gpu"
+
+test: lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Inference runtime serving sparse attention and embeddings over HTTP."""

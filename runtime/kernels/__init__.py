@@ -1,0 +1,1 @@
+"""Block-sparse attention kernels (torch CUDA extension) and their dense reference."""
