@@ -1,0 +1,613 @@
+"""The HTTP app: routes, admission (auth, readiness, rate limit, body size), OpenAI-style errors,
+and a lifespan that warms the engine up and drains in-flight work."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+import torch
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sas_runtime.api import (
+    AttentionRequest,
+    AttentionResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    Probe,
+)
+from sas_runtime.auth import BearerAuth
+from sas_runtime.batcher import (
+    Batcher,
+    BatcherClosedError,
+    DeadlineExceededError,
+    QueueFullError,
+)
+from sas_runtime.config import LongInputPolicy, PatternConfig, RuntimeConfig
+from sas_runtime.engine import AttentionInput, Engine
+from sas_runtime.metrics import CONTENT_TYPE_LATEST, RuntimeMetrics
+from sas_runtime.rate_limit import TokenBucket
+from sas_runtime.tensor_codec import (
+    TensorError,
+    check_attention_tensors,
+    decode_payload,
+    decode_safetensors,
+    encode_payload,
+    encode_safetensors,
+)
+
+__all__ = ["ApiError", "OrjsonResponse", "ServingState", "create_app", "serving_state"]
+
+logger = logging.getLogger("sas_runtime")
+
+WORK_PATHS = frozenset({"/v1/embeddings", "/v1/attention"})
+_ENDPOINTS = frozenset(
+    {*WORK_PATHS, "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+)
+_TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+_SAFETENSORS_TYPE = "application/octet-stream"
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 503, 504)
+}
+
+
+class OrjsonResponse(Response):
+    """JSON response serialised by orjson (numpy arrays included)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class ApiError(Exception):
+    """A request the runtime answers with an error: status, OpenAI-style body, and the reason
+    counted in `sas_rejections_total`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        reason: str = "invalid_request",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.reason = reason
+        self.retry_after = retry_after
+
+    def response(self) -> OrjsonResponse:
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after + 0.5)))
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        body = {
+            "error": {
+                "type": _ERROR_TYPES.get(self.status, "invalid_request_error"),
+                "message": self.message,
+                "param": self.param,
+                "code": self.reason,
+            }
+        }
+        return OrjsonResponse(body, status_code=self.status, headers=headers)
+
+
+class ServingState:
+    """What the app serves with and whether it may take work: engine, batcher, limits,
+    readiness, and the count of /v1 work requests in flight (what a drain waits for)."""
+
+    def __init__(self, config: RuntimeConfig, engine: Engine, metrics: RuntimeMetrics) -> None:
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics
+        self.batcher = Batcher(engine, config.batching, metrics)
+        self.bucket = TokenBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
+        self.auth = (
+            BearerAuth.from_file(config.server.auth_token_file)
+            if config.server.auth_token_file
+            else None
+        )
+        self.ready = False
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drained: bool | None = None
+
+    async def start(self) -> None:
+        """Warm the engine up and start the batcher; then /readyz answers 200."""
+        started = time.perf_counter()
+        await self.batcher.start()
+        self.ready = True
+        self.metrics.ready.set(1)
+        logger.info("warm after %.2f s: %s", time.perf_counter() - started, self.engine.info)
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drain(self) -> bool:
+        """Refuse new work, let in-flight work finish within `server.drainSeconds`; past that,
+        answer what is left with 503. True when everything finished in time."""
+        if self._drained is not None:
+            return self._drained
+        self.draining = True
+        self.metrics.ready.set(0)
+        logger.info("draining %d in-flight requests", self.in_flight)
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.config.server.drain_seconds)
+            self._drained = True
+        except TimeoutError:
+            logger.warning("drain time is up with %d requests in flight", self.in_flight)
+            await self.batcher.stop()
+            self._drained = False
+        return self._drained
+
+    async def stop(self) -> None:
+        await self.drain()
+        await self.batcher.stop()
+
+    def deadline(self, timeout_ms: int | None) -> float:
+        """The event loop's time by which a request must be answered."""
+        default = self.config.batching.request_timeout_milliseconds
+        ms = default if timeout_ms is None else min(timeout_ms, default)
+        return asyncio.get_running_loop().time() + ms / 1000
+
+
+class _AdmissionMiddleware:
+    """Before any route: bearer auth on /v1, readiness and the token bucket on work endpoints,
+    the body-size limit; around every request: latency and status metrics."""
+
+    def __init__(self, app: ASGIApp, state: ServingState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        endpoint = path if path in _ENDPOINTS else "other"
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        entered = False
+        try:
+            if path.startswith("/v1/"):
+                rejection = self._admit(scope, path)
+                if rejection is None and path in WORK_PATHS:
+                    self.state.enter()
+                    entered = True
+                    receive, rejection = await self._read_body(scope, receive)
+                if rejection is not None:
+                    self.state.metrics.rejections.labels(reason=rejection.reason).inc()
+                    await rejection.response()(scope, receive, send_and_record)
+                    return
+            await self.app(scope, receive, send_and_record)
+        finally:
+            if entered:
+                self.state.leave()
+            metrics = self.state.metrics
+            metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+            metrics.requests.labels(endpoint=endpoint, code=str(status)).inc()
+
+    def _admit(self, scope: Scope, path: str) -> ApiError | None:
+        state = self.state
+        if state.auth is not None:
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if not state.auth.allows(header):
+                return ApiError(401, "a valid bearer token is required", reason="unauthorized")
+        if path not in WORK_PATHS:
+            return None
+        if state.draining:
+            return ApiError(503, "the runtime is shutting down", reason="draining", retry_after=1)
+        if not state.ready:
+            return ApiError(503, "the runtime is warming up", reason="not_ready", retry_after=1)
+        wait = state.bucket.try_acquire()
+        if wait > 0:
+            return ApiError(
+                429,
+                f"over the rate limit of {state.config.rate_limit.requests_per_second:g} requests/s",
+                reason="rate_limited",
+                retry_after=wait,
+            )
+        return None
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[Receive, ApiError | None]:
+        """Read the whole body (at most `server.maxBodyBytes`) and replay it to the route."""
+        limit = self.state.config.server.max_body_bytes
+        too_large = ApiError(
+            413,
+            f"the request body is larger than {limit} bytes (server.maxBodyBytes)",
+            reason="too_large",
+        )
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                return receive, too_large
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive, ApiError(400, "the client went away", reason="disconnected")
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return receive, too_large
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return replay, None
+
+
+def _validation_message(errors: list[Any]) -> tuple[str, str | None]:
+    """One readable line and the offending parameter from pydantic/FastAPI errors."""
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "header", "query")]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return (f"{param}: {message}{more}" if param else f"{message}{more}"), param
+
+
+def serving_state(app: FastAPI) -> ServingState:
+    """The ServingState that `create_app` attached to `app`."""
+    state: ServingState = app.state.serving
+    return state
+
+
+def create_app(
+    config: RuntimeConfig, engine: Engine, *, metrics: RuntimeMetrics | None = None
+) -> FastAPI:
+    """The runtime's ASGI app serving `engine` as `config` says. Its lifespan warms the engine
+    up (readiness follows) and, on shutdown, drains in-flight work."""
+    state = ServingState(config, engine, metrics or RuntimeMetrics())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="sparse-attention runtime",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.serving = state
+    app.add_middleware(_AdmissionMiddleware, state=state)
+    _add_error_handlers(app, state)
+    _add_routes(app, state)
+    app.openapi = _openapi_with_attention_body(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_error_handlers(app: FastAPI, state: ServingState) -> None:
+    async def api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        state.metrics.rejections.labels(reason=exc.reason).inc()
+        return exc.response()
+
+    async def invalid_request(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        message, param = _validation_message(list(exc.errors()))
+        return await api_error(_, ApiError(400, message, param=param))
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return ApiError(exc.status_code, str(exc.detail), reason="http_error").response()
+
+    async def server_error(_: Request, exc: Exception) -> Response:
+        logger.exception("request failed", exc_info=exc)
+        return ApiError(500, "the runtime failed on this request", reason="internal").response()
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
+
+
+TimeoutHeader = Annotated[
+    int | None,
+    Header(
+        alias=_TIMEOUT_HEADER,
+        ge=1,
+        le=600_000,
+        description="Deadline in milliseconds (at most the configured default); past it: 504.",
+    ),
+]
+
+
+async def _run(work: Awaitable[Any]) -> Any:
+    """Await batcher work, turning its refusals into API errors."""
+    try:
+        return await work
+    except QueueFullError as exc:
+        raise ApiError(429, str(exc), reason="queue_full", retry_after=1) from exc
+    except DeadlineExceededError as exc:
+        raise ApiError(504, str(exc), reason="deadline_exceeded") from exc
+    except BatcherClosedError as exc:
+        raise ApiError(503, str(exc), reason="draining", retry_after=1) from exc
+    except ValueError as exc:
+        raise ApiError(400, str(exc), reason="engine_refused") from exc
+
+
+def _add_routes(app: FastAPI, state: ServingState) -> None:
+    config = state.config
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingsResponse,
+        responses=_ERROR_RESPONSES,
+        summary="Embed texts (OpenAI-compatible)",
+    )
+    async def embeddings(body: EmbeddingsRequest, timeout_ms: TimeoutHeader = None) -> Response:
+        info = state.engine.info
+        if body.model != info.model:
+            raise ApiError(
+                404,
+                f"model {body.model!r} is not served here; this pod serves {info.model!r}",
+                param="model",
+                reason="model_not_found",
+            )
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if len(texts) > config.server.max_inputs:
+            raise ApiError(
+                400,
+                f"input holds {len(texts)} texts; the limit is {config.server.max_inputs} (server.maxInputs)",
+                param="input",
+            )
+        if body.dimensions is not None and body.dimensions != info.embedding_dim:
+            raise ApiError(
+                400,
+                f"dimensions must be {info.embedding_dim} for {info.model!r}",
+                param="dimensions",
+            )
+        encoded = state.engine.encode(texts)
+        if config.model.long_inputs is LongInputPolicy.REJECT:
+            for index, text in enumerate(encoded):
+                if text.truncated:
+                    raise ApiError(
+                        413,
+                        f"input[{index}] is longer than {info.max_sequence_length} tokens "
+                        "(model.maxSequenceLength; model.longInputs is 'reject')",
+                        param=f"input.{index}",
+                        reason="too_long",
+                    )
+        vectors = await _run(state.batcher.embed(encoded, deadline=state.deadline(timeout_ms)))
+        if body.encoding_format == "base64":
+            rows: list[Any] = [
+                base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors
+            ]
+        else:
+            rows = list(vectors)
+        tokens = sum(len(text.ids) for text in encoded)
+        return OrjsonResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": row}
+                    for i, row in enumerate(rows)
+                ],
+                "model": info.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    @app.post(
+        "/v1/attention",
+        response_model=AttentionResponse,
+        responses={
+            **_ERROR_RESPONSES,
+            200: {
+                "content": {_SAFETENSORS_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                "description": "The output as JSON (for a JSON request) or safetensors bytes "
+                "holding `output` (for a safetensors request).",
+            },
+        },
+        summary="Attention over q, k, v with the configured or given pattern",
+    )
+    async def attention(request: Request, timeout_ms: TimeoutHeader = None) -> Response:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await request.body()
+        limit = config.server.max_attention_elements
+        try:
+            if media_type == _SAFETENSORS_TYPE:
+                q, k, v, document_ids, pattern = _attention_from_safetensors(body, limit)
+            elif media_type == "application/json":
+                q, k, v, document_ids, pattern = _attention_from_json(body, limit)
+            else:
+                raise ApiError(
+                    415,
+                    f"send application/json or {_SAFETENSORS_TYPE}, not {media_type or 'no content type'}",
+                    param="content-type",
+                    reason="unsupported_media_type",
+                )
+            effective = pattern or config.attention.pattern
+            check_attention_tensors(q, k, v, document_ids, pattern=effective, max_elements=limit)
+        except TensorError as exc:
+            raise ApiError(
+                exc.status,
+                str(exc),
+                param=exc.param,
+                reason="too_large" if exc.status == 413 else "invalid_request",
+            ) from exc
+        item = AttentionInput(
+            q=q,
+            k=k,
+            v=v,
+            pattern=pattern,
+            document_ids=None if document_ids is None else document_ids.to(torch.int32),
+        )
+        output: torch.Tensor = await _run(
+            state.batcher.attend(item, deadline=state.deadline(timeout_ms))
+        )
+        backend = state.engine.info.backend
+        if media_type == _SAFETENSORS_TYPE:
+            return Response(
+                encode_safetensors(
+                    {"output": output}, {"backend": backend, "pattern": effective.type.value}
+                ),
+                media_type=_SAFETENSORS_TYPE,
+            )
+        return OrjsonResponse(
+            {
+                "output": encode_payload(output).model_dump(),
+                "backend": backend,
+                "pattern": effective.type.value,
+            }
+        )
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERROR_RESPONSES)
+    async def models() -> Response:
+        info = state.engine.info
+        card = ModelCard(
+            id=info.model,
+            embedding_dim=info.embedding_dim,
+            max_sequence_length=info.max_sequence_length,
+            device=info.device,
+            dtype=info.dtype,
+            backend=info.backend,
+            pattern=info.pattern,
+            fallback_reason=info.fallback_reason,
+            skipped_backends=info.skipped,
+        )
+        return OrjsonResponse(ModelList(data=[card]).model_dump())
+
+    @app.get("/healthz", response_model=Probe)
+    async def healthz() -> Response:
+        return OrjsonResponse({"status": "alive"})
+
+    @app.get("/readyz", response_model=Probe, responses={503: {"model": Probe}})
+    async def readyz() -> Response:
+        if state.ready and not state.draining:
+            return OrjsonResponse({"status": "ready"})
+        status = "draining" if state.draining else "starting"
+        return OrjsonResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, PatternConfig | None]
+
+
+def _attention_from_json(body: bytes, limit: int) -> Tensors:
+    try:
+        request = AttentionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        message, param = _validation_message(list(exc.errors()))
+        raise ApiError(400, message, param=param) from exc
+    q, k, v = (
+        decode_payload(getattr(request, name), param=name, max_elements=limit)
+        for name in ("q", "k", "v")
+    )
+    document_ids = (
+        None
+        if request.document_ids is None
+        else decode_payload(request.document_ids, param="document_ids", max_elements=limit)
+    )
+    return q, k, v, document_ids, request.pattern
+
+
+def _attention_from_safetensors(body: bytes, limit: int) -> Tensors:
+    tensors, metadata = decode_safetensors(body, max_elements=limit)
+    unknown = sorted(set(tensors) - {"q", "k", "v", "document_ids"})
+    if unknown:
+        raise ApiError(400, f"unexpected tensors {unknown}; send q, k, v (and document_ids)")
+    for name in ("q", "k", "v"):
+        if name not in tensors:
+            raise ApiError(400, f"the safetensors body has no tensor {name!r}", param=name)
+    pattern = None
+    if "pattern" in metadata:
+        try:
+            pattern = PatternConfig.model_validate_json(metadata["pattern"])
+        except ValidationError as exc:
+            message, param = _validation_message(list(exc.errors()))
+            where = f"pattern.{param}" if param else "pattern"
+            raise ApiError(400, f"pattern: {message}", param=where) from exc
+    return tensors["q"], tensors["k"], tensors["v"], tensors.get("document_ids"), pattern
+
+
+def _openapi_with_attention_body(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document, with /v1/attention's two request forms (its route reads the raw
+    body, so FastAPI cannot describe it)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            request_schema = AttentionRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in request_schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["AttentionRequest"] = request_schema
+            schema["paths"]["/v1/attention"]["post"]["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/AttentionRequest"}
+                    },
+                    _SAFETENSORS_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi

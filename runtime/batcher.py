@@ -1,0 +1,321 @@
+"""Continuous batcher: gathers requests into engine batches by sequence-length bucket, serves
+the earliest deadline first, and runs the engine in one worker thread so the event loop stays free."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import nvtx
+
+from sas_runtime.engine import AttentionInput, EncodedText
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable, Sequence
+
+    import torch
+
+    from sas_runtime.config import BatchingConfig
+    from sas_runtime.engine import Engine
+    from sas_runtime.metrics import RuntimeMetrics
+
+__all__ = [
+    "Batcher",
+    "BatcherClosedError",
+    "DeadlineExceededError",
+    "QueueFullError",
+    "sequence_bucket",
+]
+
+WorkKind = Literal["embed", "attend"]
+_SMALLEST_BUCKET = 8
+
+
+class QueueFullError(Exception):
+    """The queue holds `maxQueueDepth` requests already; the caller should retry later."""
+
+
+class DeadlineExceededError(Exception):
+    """The request's deadline passed before its result was ready."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher has stopped; the request was not (fully) run."""
+
+
+def sequence_bucket(length: int) -> int:
+    """The padded length a text of `length` tokens is batched at: the next power of two (at
+    least 8), so a batch's padding never exceeds its real tokens."""
+    return max(_SMALLEST_BUCKET, 1 << (max(length, 1) - 1).bit_length())
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One unit of engine work: a text to embed or one attention problem."""
+
+    kind: WorkKind
+    payload: EncodedText | AttentionInput
+    group: Hashable
+    tokens: int
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[object] = field(repr=False)
+
+
+class Batcher:
+    """Runs engine work in batches.
+
+    Requests enter through `embed` / `attend`, which wait for the result (or raise
+    QueueFullError, DeadlineExceededError, BatcherClosedError, or the engine's ValueError for
+    input it cannot take). Queue depth counts admitted requests not yet answered. A batch holds
+    work of one group only (embeddings of one sequence bucket, or attention problems of one
+    shape), at most `maxBatchSize` units and `maxTokens` padded tokens (a single larger unit
+    still runs alone). The group with the earliest deadline goes first.
+    """
+
+    def __init__(self, engine: Engine, batching: BatchingConfig, metrics: RuntimeMetrics) -> None:
+        self._engine = engine
+        self._window = batching.window_microseconds / 1e6
+        self._max_batch = batching.max_batch_size
+        self._max_tokens = batching.max_tokens
+        self._max_queue = batching.max_queue_depth
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sas-engine")
+        self._groups: dict[Hashable, list[tuple[float, int, _Job]]] = {}
+        self._sequence = itertools.count()
+        self._queued = 0
+        self._pending = 0
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self._fallback_seen: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._pending
+
+    async def start(self) -> None:
+        """Warm the engine up in the worker thread, then start taking batches."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._engine.warmup)
+        self._observe_engine_info()
+        self._worker = asyncio.create_task(self._work(), name="sas-batcher")
+
+    async def stop(self) -> None:
+        """Refuse new work, fail whatever is still queued with BatcherClosedError, stop."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for heap in self._groups.values():
+            for _, _, job in heap:
+                if not job.future.done():
+                    job.future.set_exception(BatcherClosedError("the runtime is shutting down"))
+        self._groups.clear()
+        self._queued = 0
+        self._executor.shutdown(wait=False)
+
+    async def embed(self, texts: Sequence[EncodedText], *, deadline: float) -> np.ndarray:
+        """Embeddings of `texts`, float32 [len(texts), dim], by `deadline` (the loop's clock)."""
+        jobs = [
+            self._job("embed", text, ("embed", sequence_bucket(len(text.ids))), len(text.ids))
+            for text in texts
+        ]
+        rows = await self._submit(jobs, deadline)
+        return np.stack([np.asarray(row) for row in rows])
+
+    async def attend(self, item: AttentionInput, *, deadline: float) -> torch.Tensor:
+        """The attention output for `item` by `deadline` (the loop's clock)."""
+        q, k = item.q, item.k
+        group = (
+            "attend",
+            tuple(q.shape),
+            tuple(k.shape),
+            q.dtype,
+            item.pattern,
+            item.document_ids is not None,
+        )
+        tokens = q.shape[0] * max(q.shape[2], k.shape[2])
+        (output,) = await self._submit([self._job("attend", item, group, tokens)], deadline)
+        return output  # type: ignore[return-value]
+
+    def _job(
+        self, kind: WorkKind, payload: EncodedText | AttentionInput, group: Hashable, tokens: int
+    ) -> _Job:
+        loop = asyncio.get_running_loop()
+        return _Job(kind, payload, group, tokens, 0.0, 0.0, loop.create_future())
+
+    async def _submit(self, jobs: list[_Job], deadline: float) -> list[object]:
+        if self._closed:
+            raise BatcherClosedError("the runtime is shutting down")
+        if self._pending >= self._max_queue:
+            self._metrics.rejections.labels(reason="queue_full").inc()
+            raise QueueFullError(
+                f"the queue holds {self._pending} requests (batching.maxQueueDepth)"
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._pending += 1
+        self._metrics.queue_depth.set(self._pending)
+        try:
+            for job in jobs:
+                job.enqueued = now
+                job.deadline = deadline
+                entry = (job.deadline, next(self._sequence), job)
+                heapq.heappush(self._groups.setdefault(job.group, []), entry)
+            self._queued += len(jobs)
+            self._arrived.set()
+            try:
+                return await asyncio.wait_for(
+                    asyncio.gather(*(job.future for job in jobs)), deadline - now
+                )
+            except TimeoutError:
+                self._metrics.rejections.labels(reason="deadline_exceeded").inc()
+                raise DeadlineExceededError(
+                    f"no result within the request's deadline ({(deadline - now) * 1000:.0f} ms)"
+                ) from None
+        finally:
+            for job in jobs:
+                job.future.cancel()
+            self._pending -= 1
+            self._metrics.queue_depth.set(self._pending)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queued:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if self._window > 0 and self._queued < self._max_batch:
+                end = loop.time() + self._window
+                while self._queued < self._max_batch and (left := end - loop.time()) > 0:
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), left)
+            with nvtx.annotate("sas.batch.assemble", domain="sas"):
+                batch = self._take_batch(loop.time())
+            if batch:
+                await self._run(batch)
+
+    def _take_batch(self, now: float) -> list[_Job]:
+        """Pop the next batch: from the group whose head has the earliest deadline."""
+        best: list[tuple[float, int, _Job]] | None = None
+        for group in list(self._groups):
+            heap = self._groups[group]
+            self._drop_dead(heap, now)
+            if not heap:
+                del self._groups[group]
+            elif best is None or heap[0] < best[0]:
+                best = heap
+        if best is None:
+            return []
+        batch: list[_Job] = []
+        tokens = 0
+        while best and len(batch) < self._max_batch:
+            self._drop_dead(best, now)
+            if not best or (batch and tokens + best[0][2].tokens > self._max_tokens):
+                break
+            job = heapq.heappop(best)[2]
+            self._queued -= 1
+            batch.append(job)
+            tokens += job.tokens
+        return batch
+
+    def _drop_dead(self, heap: list[tuple[float, int, _Job]], now: float) -> None:
+        """Pop jobs whose request gave up (deadline passed or answered otherwise)."""
+        while heap and (heap[0][2].future.done() or heap[0][0] <= now):
+            job = heapq.heappop(heap)[2]
+            self._queued -= 1
+            if not job.future.done():
+                job.future.set_exception(DeadlineExceededError("deadline passed in the queue"))
+
+    async def _run(self, batch: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        kind = batch[0].kind
+        started = loop.time()
+        for job in batch:
+            self._metrics.queue_wait_seconds.labels(kind=kind).observe(started - job.enqueued)
+        self._metrics.batch_size.labels(kind=kind).observe(len(batch))
+        payloads = [job.payload for job in batch]
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._call_engine, kind, payloads)
+        except asyncio.CancelledError:
+            for job in batch:
+                _fail(job, BatcherClosedError("the runtime stopped during this batch"))
+            raise
+        except ValueError as exc:
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+            else:
+                for job in batch:
+                    await self._run([job])
+            return
+        except Exception as exc:
+            for job in batch:
+                _fail(job, exc)
+            return
+        finally:
+            self._observe_engine_info()
+        elapsed = loop.time() - started
+        self._metrics.engine_seconds.labels(kind=kind).observe(elapsed)
+        self._count_work(kind, payloads, elapsed)
+        for job, output in zip(batch, outputs, strict=True):
+            if not job.future.done():
+                job.future.set_result(output)
+
+    def _call_engine(
+        self, kind: WorkKind, payloads: list[EncodedText | AttentionInput]
+    ) -> list[object]:
+        with nvtx.annotate(f"sas.forward.{kind}", domain="sas"):
+            if kind == "embed":
+                texts = [p for p in payloads if isinstance(p, EncodedText)]
+                out: list[object] = list(self._engine.embed(texts))
+            else:
+                out = list(
+                    self._engine.attend([p for p in payloads if isinstance(p, AttentionInput)])
+                )
+        if len(out) != len(payloads):
+            raise RuntimeError(f"the engine returned {len(out)} results for {len(payloads)} inputs")
+        return out
+
+    def _count_work(
+        self, kind: WorkKind, payloads: list[EncodedText | AttentionInput], elapsed: float
+    ) -> None:
+        tokens = 0
+        flops = 0
+        for p in payloads:
+            if isinstance(p, EncodedText):
+                tokens += len(p.ids)
+            else:
+                b, h, lq, d = p.q.shape
+                tokens += b * lq
+                flops += 4 * b * h * lq * p.k.shape[2] * d
+        self._metrics.tokens.labels(kind=kind).inc(tokens)
+        if flops:
+            self._metrics.attention_flops.inc(flops)
+            if elapsed > 0:
+                self._metrics.attention_flops_per_second.set(flops / elapsed)
+
+    def _observe_engine_info(self) -> None:
+        info = self._engine.info
+        if info.fallback_reason is not None and info.fallback_reason != self._fallback_seen:
+            self._metrics.backend_fallbacks.labels(reason=info.fallback_reason).inc()
+        self._fallback_seen = info.fallback_reason
+        self._metrics.backend_info.clear()
+        self._metrics.backend_info.labels(
+            model=info.model, backend=info.backend, pattern=info.pattern, device=info.device
+        ).set(1)
+
+
+def _fail(job: _Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)
