@@ -84,3 +84,10 @@ Name of the kopf peering object.
 {{- define "sas-operator.peeringName" -}}
 {{- default (include "sas-operator.fullname" .) .Values.peering.name }}
 {{- end }}
+
+{{/*
+Name of the metrics Service: a Service name is a DNS label, so the suffix must fit in 63.
+*/}}
+{{- define "sas-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "sas-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}

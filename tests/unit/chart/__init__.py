@@ -1,0 +1,1 @@
+"""Tests of the Helm chart under charts/sparse-attention-operator."""
