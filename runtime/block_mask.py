@@ -176,11 +176,18 @@ class BlockMask:
         return visited & elements.unsqueeze(1)
 
     def to_flex_attention(self) -> flex_attention.BlockMask:
-        """The same mask as torch's FlexAttention BlockMask, with ElementMask as mask_mod."""
+        """The same mask as torch's FlexAttention BlockMask. Its mask_mod is the whole mask (the
+        visited blocks and ElementMask), as FlexAttention defines the mask by mask_mod alone."""
         element = self.element_mask
+        visited = self.full_blocks | self.partial_blocks
+        same_for_batch, same_for_heads = visited.shape[0] == 1, visited.shape[1] == 1
+        block_size = self.block_size
 
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return element.allowed(b, q_idx, kv_idx)
+            grid_b = torch.zeros_like(b) if same_for_batch else b
+            grid_h = torch.zeros_like(h) if same_for_heads else h
+            in_visited_block = visited[grid_b, grid_h, q_idx // block_size, kv_idx // block_size]
+            return in_visited_block & element.allowed(b, q_idx, kv_idx)
 
         flex_mask: flex_attention.BlockMask = flex_attention.BlockMask.from_kv_blocks(
             self.kv_num_blocks,
