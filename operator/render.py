@@ -139,7 +139,7 @@ def _gpu_node_affinity(
         raise UnrenderableSpec(
             "UnknownGPUType",
             f"resources.gpuType {gpu_type} has no node products in the operator's "
-            f"SAS_GPU_PRODUCTS setting (known: {known}); pick a known type or extend the setting",
+            f"SAS_OPERATOR_GPU_PRODUCTS setting (known: {known}); pick a known type or extend the setting",
         )
     return {
         "nodeAffinity": {

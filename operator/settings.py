@@ -25,6 +25,7 @@ DEFAULT_GPU_PRODUCTS: Mapping[str, tuple[str, ...]] = {
 
 
 LogFormat = Literal["plain", "full", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
@@ -37,59 +38,62 @@ class OperatorSettings:
     """How this operator runs and what it puts into every service it renders."""
 
     namespaces: tuple[str, ...] = ()
-    """SAS_NAMESPACES, comma-separated: namespaces to watch; empty (the default) watches the
+    """SAS_OPERATOR_WATCH_NAMESPACES, comma-separated: namespaces to watch; empty (the default) watches the
     whole cluster, which needs the ClusterRole rather than per-namespace Roles."""
 
     peering: str | None = None
-    """SAS_PEERING: kopf peering object name, so that of several operator replicas only one is
+    """SAS_OPERATOR_PEERING: kopf peering object name, so that of several operator replicas only one is
     active (needs kopf's peering CRDs); unset (the default) runs standalone, one replica."""
 
     log_format: LogFormat = "json"
-    """SAS_LOG_FORMAT: plain, full or json (the default, for log collectors)."""
+    """SAS_OPERATOR_LOG_FORMAT: plain, full or json (the default, for log collectors)."""
+
+    log_level: LogLevel = "info"
+    """SAS_OPERATOR_LOG_LEVEL: debug, info (the default), warning or error."""
 
     default_image: str = "sparse-attention-runtime:0.1.0"
-    """SAS_DEFAULT_IMAGE: runtime image for services whose spec names none."""
+    """SAS_OPERATOR_DEFAULT_RUNTIME_IMAGE: runtime image for services whose spec names none."""
 
     image_pull_policy: PullPolicy = "IfNotPresent"
-    """SAS_IMAGE_PULL_POLICY for the runtime containers."""
+    """SAS_OPERATOR_IMAGE_PULL_POLICY for the runtime containers."""
 
     resync_seconds: float = 300.0
-    """SAS_RESYNC_SECONDS: how often every service is reconciled even without a change, to
+    """SAS_OPERATOR_RESYNC_SECONDS: how often every service is reconciled even without a change, to
     correct drift that no watch reported (seconds, default 300)."""
 
     retry_seconds: float = 60.0
-    """SAS_RETRY_SECONDS: delay before retrying a service whose spec cannot be realised yet
+    """SAS_OPERATOR_RETRY_SECONDS: delay before retrying a service whose spec cannot be realised yet
     (a missing Secret or claim): slow, never a hot loop (seconds, default 60)."""
 
     probe_timeout_seconds: float = 1.0
-    """SAS_PROBE_TIMEOUT_SECONDS: how long to wait for a service's /v1/models when reading the
+    """SAS_OPERATOR_PROBE_TIMEOUT_SECONDS: how long to wait for a service's /v1/models when reading the
     backend for status; unreachable is not an error (seconds, default 1)."""
 
     field_manager: str = "sas-operator"
-    """SAS_FIELD_MANAGER: server-side apply field manager of every child object."""
+    """SAS_OPERATOR_FIELD_MANAGER: server-side apply field manager of every child object."""
 
     operator_namespace: str | None = None
     """POD_NAMESPACE (downward API): the operator's namespace; a service's NetworkPolicy lets
     pods there labelled app.kubernetes.io/name=sas-operator read /v1/models."""
 
     gpu_product_label: str = "nvidia.com/gpu.product"
-    """SAS_GPU_PRODUCT_LABEL: node label (set by NVIDIA GPU feature discovery) that names the GPU
+    """SAS_OPERATOR_GPU_PRODUCT_LABEL: node label (set by NVIDIA GPU feature discovery) that names the GPU
     product; pods select nodes by it."""
 
     gpu_products: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_GPU_PRODUCTS)
     )
-    """SAS_GPU_PRODUCTS, a JSON object {gpuType: [label values]}: which node label values each
+    """SAS_OPERATOR_GPU_PRODUCTS, a JSON object {gpuType: [label values]}: which node label values each
     spec gpuType accepts; a gpuType missing here makes its services Degraded (UnknownGPUType)."""
 
     runtime_uid: int = 10001
-    """SAS_RUNTIME_UID: the non-root UID (and GID) the runtime containers run as."""
+    """SAS_OPERATOR_RUNTIME_UID: the non-root UID (and GID) the runtime containers run as."""
 
     metrics_port: int = 9090
-    """SAS_METRICS_PORT: port of the operator's own Prometheus metrics."""
+    """SAS_OPERATOR_METRICS_PORT: port of the operator's own Prometheus metrics."""
 
     health_port: int = 8080
-    """SAS_HEALTH_PORT: port of the operator's liveness endpoint (/healthz)."""
+    """SAS_OPERATOR_HEALTH_PORT: port of the operator's liveness endpoint (/healthz)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -98,29 +102,37 @@ class OperatorSettings:
         defaults = cls()
         return cls(
             namespaces=tuple(
-                n.strip() for n in env.get("SAS_NAMESPACES", "").split(",") if n.strip()
+                n.strip()
+                for n in env.get("SAS_OPERATOR_WATCH_NAMESPACES", "").split(",")
+                if n.strip()
             ),
-            peering=env.get("SAS_PEERING") or None,
+            peering=env.get("SAS_OPERATOR_PEERING") or None,
             log_format=cast(
-                LogFormat, _choice(env, "SAS_LOG_FORMAT", LogFormat, defaults.log_format)
+                LogFormat, _choice(env, "SAS_OPERATOR_LOG_FORMAT", LogFormat, defaults.log_format)
             ),
-            default_image=env.get("SAS_DEFAULT_IMAGE") or defaults.default_image,
+            log_level=cast(
+                LogLevel, _choice(env, "SAS_OPERATOR_LOG_LEVEL", LogLevel, defaults.log_level)
+            ),
+            default_image=env.get("SAS_OPERATOR_DEFAULT_RUNTIME_IMAGE") or defaults.default_image,
             image_pull_policy=cast(
                 PullPolicy,
-                _choice(env, "SAS_IMAGE_PULL_POLICY", PullPolicy, defaults.image_pull_policy),
+                _choice(
+                    env, "SAS_OPERATOR_IMAGE_PULL_POLICY", PullPolicy, defaults.image_pull_policy
+                ),
             ),
-            resync_seconds=_positive(env, "SAS_RESYNC_SECONDS", defaults.resync_seconds),
-            retry_seconds=_positive(env, "SAS_RETRY_SECONDS", defaults.retry_seconds),
+            resync_seconds=_positive(env, "SAS_OPERATOR_RESYNC_SECONDS", defaults.resync_seconds),
+            retry_seconds=_positive(env, "SAS_OPERATOR_RETRY_SECONDS", defaults.retry_seconds),
             probe_timeout_seconds=_positive(
-                env, "SAS_PROBE_TIMEOUT_SECONDS", defaults.probe_timeout_seconds
+                env, "SAS_OPERATOR_PROBE_TIMEOUT_SECONDS", defaults.probe_timeout_seconds
             ),
-            field_manager=env.get("SAS_FIELD_MANAGER") or defaults.field_manager,
+            field_manager=env.get("SAS_OPERATOR_FIELD_MANAGER") or defaults.field_manager,
             operator_namespace=env.get("POD_NAMESPACE") or None,
-            gpu_product_label=env.get("SAS_GPU_PRODUCT_LABEL") or defaults.gpu_product_label,
+            gpu_product_label=env.get("SAS_OPERATOR_GPU_PRODUCT_LABEL")
+            or defaults.gpu_product_label,
             gpu_products=_gpu_products(env, defaults.gpu_products),
-            runtime_uid=int(_positive(env, "SAS_RUNTIME_UID", defaults.runtime_uid)),
-            metrics_port=int(_positive(env, "SAS_METRICS_PORT", defaults.metrics_port)),
-            health_port=int(_positive(env, "SAS_HEALTH_PORT", defaults.health_port)),
+            runtime_uid=int(_positive(env, "SAS_OPERATOR_RUNTIME_UID", defaults.runtime_uid)),
+            metrics_port=int(_positive(env, "SAS_OPERATOR_METRICS_PORT", defaults.metrics_port)),
+            health_port=int(_positive(env, "SAS_OPERATOR_HEALTH_PORT", defaults.health_port)),
         )
 
 
@@ -148,15 +160,17 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
 def _gpu_products(
     env: Mapping[str, str], default: Mapping[str, tuple[str, ...]]
 ) -> Mapping[str, tuple[str, ...]]:
-    raw = env.get("SAS_GPU_PRODUCTS")
+    raw = env.get("SAS_OPERATOR_GPU_PRODUCTS")
     if not raw:
         return dict(default)
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise SettingsError(f"SAS_GPU_PRODUCTS is not JSON: {exc}") from None
+        raise SettingsError(f"SAS_OPERATOR_GPU_PRODUCTS is not JSON: {exc}") from None
     if not isinstance(data, dict) or not all(
         isinstance(v, list) and all(isinstance(p, str) for p in v) for v in data.values()
     ):
-        raise SettingsError('SAS_GPU_PRODUCTS must be {"H100": ["NVIDIA-H100-80GB-HBM3", ...]}')
+        raise SettingsError(
+            'SAS_OPERATOR_GPU_PRODUCTS must be {"H100": ["NVIDIA-H100-80GB-HBM3", ...]}'
+        )
     return {str(k): tuple(v) for k, v in data.items()}

@@ -370,7 +370,7 @@ class SparseAttentionServiceSpec(SpecModel):
     autoscaling is set."""
 
     image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] | None = None
-    """Runtime container image; default: the operator's SAS_DEFAULT_IMAGE setting."""
+    """Runtime container image; default: the operator's SAS_OPERATOR_DEFAULT_RUNTIME_IMAGE setting."""
 
     model: ModelSpec = ModelSpec()
     """The model to serve."""

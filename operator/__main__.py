@@ -1,0 +1,41 @@
+"""`python -m sas_operator`: run the operator (kopf with our handlers) until stopped."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from sas_operator import handlers  # importing registers the kopf handlers
+from sas_operator.settings import OperatorSettings
+
+__all__ = ["main"]
+
+_LOG_FORMATS = {
+    "plain": kopf.LogFormat.PLAIN,
+    "full": kopf.LogFormat.FULL,
+    "json": kopf.LogFormat.JSON,
+}
+
+
+def main() -> int:
+    """Read the settings from the environment, configure logging, run kopf."""
+    settings = OperatorSettings.from_env()
+    kopf.configure(log_format=_LOG_FORMATS[settings.log_format])
+    logging.getLogger().setLevel(settings.log_level.upper())
+    logging.getLogger(handlers.__name__).info(
+        "watching %s", settings.namespaces or "all namespaces"
+    )
+    kopf.run(
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

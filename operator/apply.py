@@ -1,0 +1,139 @@
+"""Idempotent apply of a service's children: server-side apply, owner references, pruning.
+
+Each wanted object is applied only when a server-side dry run says the apply would change the
+live object, so a resync with nothing to correct writes nothing. Children carrying this
+service's labels and owner reference that the spec no longer wants are deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sas_operator.cluster import Cluster, object_key
+from sas_operator.render import MANAGED_BY
+
+__all__ = ["CHILD_KINDS", "ApplyResult", "Owner", "apply_children", "owner_reference"]
+
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+)
+"""Every (apiVersion, kind) that render may produce: the kinds pruning looks through."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The SparseAttentionService that owns the children."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one pass did, each entry 'Kind/name'."""
+
+    applied: tuple[str, ...]
+    """Objects created or changed."""
+
+    unchanged: tuple[str, ...]
+    """Objects already as wanted (nothing written)."""
+
+    pruned: tuple[str, ...]
+    """Objects deleted because the spec no longer wants them."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied or self.pruned)
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    """The controller owner reference every child carries (garbage collection follows it)."""
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _owned(obj: Mapping[str, Any], owner: Owner) -> dict[str, Any]:
+    owned = copy.deepcopy(dict(obj))
+    owned["metadata"]["ownerReferences"] = [owner_reference(owner)]
+    return owned
+
+
+def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The object without what an apply does not decide (bookkeeping and status)."""
+    trimmed = copy.deepcopy(dict(obj))
+    trimmed.pop("status", None)
+    metadata = trimmed.get("metadata", {})
+    for key in ("managedFields", "resourceVersion", "generation"):
+        metadata.pop(key, None)
+    return trimmed
+
+
+def _label(obj: Mapping[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def apply_children(
+    cluster: Cluster,
+    owner: Owner,
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    field_manager: str,
+    served_kinds: Iterable[tuple[str, str]],
+) -> ApplyResult:
+    """Make the cluster hold exactly `objects` among this owner's children.
+
+    served_kinds: the (apiVersion, kind) pairs of CHILD_KINDS that the API server serves;
+    pruning looks only at those.
+    """
+    applied: list[str] = []
+    unchanged: list[str] = []
+    for obj in objects:
+        wanted = _owned(obj, owner)
+        live = cluster.get(*object_key(wanted))
+        if live is not None:
+            preview = cluster.apply(wanted, field_manager=field_manager, dry_run=True)
+            if _comparable(preview) == _comparable(live):
+                unchanged.append(_label(wanted))
+                continue
+        cluster.apply(wanted, field_manager=field_manager)
+        applied.append(_label(wanted))
+    wanted_keys = {object_key(obj) for obj in objects}
+    selector = {
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+    pruned: list[str] = []
+    for api_version, kind in served_kinds:
+        for live in cluster.list(api_version, kind, owner.namespace, selector):
+            live = {"apiVersion": api_version, "kind": kind, **live}
+            refs = live["metadata"].get("ownerReferences") or []
+            if object_key(live) in wanted_keys or not any(r.get("uid") == owner.uid for r in refs):
+                continue
+            cluster.delete(
+                api_version,
+                kind,
+                owner.namespace,
+                live["metadata"]["name"],
+                uid=live["metadata"]["uid"],
+            )
+            pruned.append(_label(live))
+    return ApplyResult(tuple(applied), tuple(unchanged), tuple(pruned))

@@ -1,0 +1,283 @@
+"""One reconcile of one SparseAttentionService: validate, render, apply, observe, report.
+
+Written against the `Cluster` seam and a `BackendReader`, so tests drive it with fakes. The
+kopf handlers only call `Reconciler.reconcile` and post the events it returns; a spec that
+cannot be realised comes back as a Degraded status and a retry delay, never an exception.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
+from pydantic import ValidationError
+
+from sas_operator.apply import CHILD_KINDS, ApplyResult, Owner, apply_children
+from sas_operator.cluster import Cluster
+from sas_operator.metrics import OperatorMetrics
+from sas_operator.render import UnrenderableSpec, render, service_url
+from sas_operator.runtime_info import BackendReader, read_backend
+from sas_operator.settings import OperatorSettings
+from sas_operator.spec import GROUP, KIND, VERSION, SparseAttentionServiceSpec
+from sas_operator.status import Observation, Problem, build_status
+
+__all__ = ["API_VERSION", "Event", "ReconcileOutcome", "Reconciler", "spec_problem"]
+
+API_VERSION = f"{GROUP}/{VERSION}"
+SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A Kubernetes Event to post on the service."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileOutcome:
+    """What one reconcile concluded."""
+
+    status: dict[str, Any]
+    """The status now on the object (written only if it changed)."""
+    status_written: bool
+    events: tuple[Event, ...]
+    retry_after: float | None
+    """Seconds until the next try when the spec cannot be realised yet; None: no retry."""
+    problem: Problem | None = None
+    """Why the spec is not realised (the Degraded condition), None when it is."""
+    applied: ApplyResult | None = None
+
+
+def spec_problem(
+    name: str, spec: Mapping[str, Any]
+) -> tuple[SparseAttentionServiceSpec | None, Problem | None]:
+    """The validated spec, or the problem that makes it invalid (the CRD's rules, re-checked)."""
+    if len(name) > 63 or not _DNS_1035.match(name):
+        return None, Problem(
+            "InvalidName",
+            f"metadata.name {name!r} must be a DNS-1035 label of at most 63 characters",
+        )
+    try:
+        return SparseAttentionServiceSpec.model_validate(dict(spec)), None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}".replace(
+                "spec.: ", "spec: "
+            )
+            for err in exc.errors()
+        )
+        return None, Problem("InvalidSpec", f"{problems}; fix the spec (kubectl edit sas {name})")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Reconciler:
+    """Reconciles services against one cluster with one set of operator settings."""
+
+    cluster: Cluster
+    settings: OperatorSettings
+    read_backend: BackendReader = read_backend
+    clock: Callable[[], datetime] = _utc_now
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    _locks: defaultdict[tuple[str, str], threading.Lock] = field(
+        default_factory=lambda: defaultdict(threading.Lock)
+    )
+
+    def reconcile(self, body: Mapping[str, Any], *, trigger: str) -> ReconcileOutcome:
+        """Bring the children of the service `body` in line with its spec, write its status if
+        it changed, post events for what changed; `trigger` labels the metrics."""
+        meta = body["metadata"]
+        started = time.perf_counter()
+        try:
+            with self._locks[(meta["namespace"], meta["name"])]:
+                outcome = self._reconcile(
+                    meta["name"],
+                    meta["namespace"],
+                    meta["uid"],
+                    int(meta.get("generation") or 0),
+                    body.get("spec") or {},
+                    body.get("status") or {},
+                )
+        except Exception:
+            self.metrics.reconciles.labels(trigger, "error").inc()
+            raise
+        finally:
+            self.metrics.duration.labels(trigger).observe(time.perf_counter() - started)
+        if outcome.problem is not None:
+            self.metrics.problems.labels(outcome.problem.reason).inc()
+        self.metrics.reconciles.labels(trigger, "degraded" if outcome.problem else "ok").inc()
+        involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(meta)}
+        for event in outcome.events:
+            self.cluster.create_event(
+                involved, type=event.type, reason=event.reason, message=event.message
+            )
+        return outcome
+
+    def _reconcile(
+        self,
+        name: str,
+        namespace: str,
+        uid: str,
+        generation: int,
+        raw_spec: Mapping[str, Any],
+        previous: Mapping[str, Any],
+    ) -> ReconcileOutcome:
+        events: list[Event] = []
+        retry_after: float | None = None
+        applied: ApplyResult | None = None
+        monitoring_note: str | None = None
+        spec, problem = spec_problem(name, raw_spec)
+        if spec is not None:
+            problem = self._missing_dependency(namespace, spec)
+            if problem is not None:
+                retry_after = self.settings.retry_seconds
+        if spec is not None and problem is None:
+            monitor_served = self.cluster.served(*SERVICE_MONITOR)
+            if spec.monitoring.service_monitor.enabled and not monitor_served:
+                monitoring_note = (
+                    "monitoring off: the cluster does not serve monitoring.coreos.com/v1 "
+                    "ServiceMonitor (install the Prometheus Operator, or set "
+                    "monitoring.serviceMonitor.enabled false)"
+                )
+            try:
+                objects = render(
+                    name, namespace, spec, self.settings, service_monitor_served=monitor_served
+                )
+                applied = apply_children(
+                    self.cluster,
+                    Owner(API_VERSION, KIND, name, namespace, uid),
+                    objects,
+                    field_manager=self.settings.field_manager,
+                    served_kinds=[k for k in CHILD_KINDS if k != SERVICE_MONITOR or monitor_served],
+                )
+            except UnrenderableSpec as exc:
+                problem = Problem(exc.reason, str(exc))
+            except (ApiException, DynamicApiError) as exc:
+                problem = Problem(
+                    "ApplyFailed", f"the API server refused a child: {_api_reason(exc)}"
+                )
+                retry_after = self.settings.retry_seconds
+        if applied is not None and applied.changed:
+            events.append(Event("Normal", "Applied", _describe(applied)))
+            if monitoring_note:
+                events.append(Event("Normal", "MonitoringOff", monitoring_note))
+        deployment = self.cluster.get("apps/v1", "Deployment", namespace, name)
+        ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+        backend = (
+            self.read_backend(
+                service_url(name, namespace), timeout=self.settings.probe_timeout_seconds
+            )
+            if ready and problem is None
+            else None
+        )
+        observation = Observation(
+            name=name,
+            namespace=namespace,
+            generation=generation,
+            wanted_replicas=None if spec is None or spec.autoscaling else spec.replicas,
+            deployment=deployment,
+            problem=problem,
+            monitoring_note=monitoring_note,
+            backend=backend,
+        )
+        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        new_status = build_status(observation, previous, now=now).to_patch()
+        events.extend(_transition_events(previous, new_status))
+        written = _differs(previous, new_status)
+        if written:
+            self.cluster.patch_status(API_VERSION, KIND, namespace, name, new_status)
+            self.metrics.writes.labels("status").inc()
+        if applied is not None:
+            self.metrics.writes.labels("applied").inc(len(applied.applied))
+            self.metrics.writes.labels("pruned").inc(len(applied.pruned))
+        return ReconcileOutcome(new_status, written, tuple(events), retry_after, problem, applied)
+
+    def _missing_dependency(
+        self, namespace: str, spec: SparseAttentionServiceSpec
+    ) -> Problem | None:
+        ref = spec.security.auth_secret_ref
+        if ref is not None:
+            secret = self.cluster.get("v1", "Secret", namespace, ref.name)
+            if secret is None:
+                return Problem(
+                    "MissingAuthSecret",
+                    f"Secret {ref.name} (security.authSecretRef) does not exist in {namespace}: "
+                    f"create it with key {ref.key} holding the bearer token",
+                )
+            if ref.key not in (secret.get("data") or {}) | (secret.get("stringData") or {}):
+                return Problem(
+                    "MissingAuthSecretKey",
+                    f"Secret {ref.name} has no key {ref.key} (security.authSecretRef.key): "
+                    "add it, or point key at the one holding the token",
+                )
+        claim = spec.model.pvc
+        if (
+            claim is not None
+            and self.cluster.get("v1", "PersistentVolumeClaim", namespace, claim) is None
+        ):
+            return Problem(
+                "MissingModelClaim",
+                f"PersistentVolumeClaim {claim} (model.pvc) does not exist in {namespace}: "
+                "create it with the model directory, or drop model.pvc",
+            )
+        return None
+
+
+def _api_reason(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    body = getattr(exc, "body", None) or getattr(exc, "summary", lambda: "")()
+    return f"{status} {reason}: {body}".strip()[:1024]
+
+
+def _describe(result: ApplyResult) -> str:
+    parts = []
+    if result.applied:
+        parts.append("applied " + ", ".join(result.applied))
+    if result.pruned:
+        parts.append("pruned " + ", ".join(result.pruned))
+    return "; ".join(parts)
+
+
+def _comparable_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if v is not None and k != "kopf"}
+
+
+def _differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return _comparable_status(previous) != _comparable_status(new)
+
+
+def _transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """Events for conditions that changed status or reason since the last write."""
+    old = {c.get("type"): c for c in previous.get("conditions") or []}
+    events: list[Event] = []
+    for condition in new.get("conditions") or []:
+        before = old.get(condition["type"], {})
+        if (before.get("status"), before.get("reason")) == (
+            condition["status"],
+            condition["reason"],
+        ):
+            continue
+        kind = condition["type"]
+        if kind == "Degraded" and condition["status"] == "True":
+            events.append(Event("Warning", condition["reason"], condition["message"]))
+        elif kind == "Ready" and condition["status"] == "True":
+            events.append(Event("Normal", "Ready", condition["message"]))
+        elif kind == "Degraded" and before:
+            events.append(Event("Normal", "Recovered", "the spec is realised again"))
+    return events
