@@ -1,0 +1,112 @@
+"""Build SparseAttentionService manifests and read back what the operator made of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hack.cluster.kube import Kubectl, KubectlError, wait_for
+from sas_operator.render import child_labels, pod_selector
+from sas_operator.spec import GROUP, KIND, PLURAL, VERSION
+
+SAS = f"{PLURAL}.{GROUP}"
+RESYNC_SECONDS = 5
+"""The operator's resync interval in these tests: drift must be corrected within it."""
+CHILD_KINDS = (
+    "serviceaccounts",
+    "configmaps",
+    "deployments.apps",
+    "services",
+    "poddisruptionbudgets.policy",
+    "horizontalpodautoscalers.autoscaling",
+    "networkpolicies.networking.k8s.io",
+)
+SERVICE_MONITORS = "servicemonitors.monitoring.coreos.com"
+CPU_ONLY = {"resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"}, "server": {"device": "cpu"}}
+"""A spec fragment for a service that needs no GPU."""
+
+Manifest = dict[str, Any]
+
+
+def sas(name: str, **spec: Any) -> Manifest:
+    """A SparseAttentionService manifest; unnamed spec fields take the CRD's defaults."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def condition(obj: Manifest, kind: str) -> Manifest | None:
+    """The status condition of this type, if any."""
+    conditions: list[Manifest] = obj.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == kind), None)
+
+
+def current_and_ready(kube: Kubectl, name: str) -> Manifest | None:
+    """The SAS when its status is Ready for its current generation, else None."""
+    obj = kube.get(SAS, name)
+    if obj is None:
+        return None
+    status = obj.get("status", {})
+    ready = condition(obj, "Ready")
+    if status.get("observedGeneration") != obj["metadata"]["generation"] or ready is None:
+        return None
+    return obj if ready["status"] == "True" else None
+
+
+def wait_ready(kube: Kubectl, name: str, timeout: float = 90) -> Manifest:
+    """Wait until the SAS reports Ready for its current generation; return it."""
+    return wait_for(
+        f"SparseAttentionService {kube.namespace}/{name} Ready",
+        lambda: current_and_ready(kube, name),
+        timeout,
+    )
+
+
+def children(kube: Kubectl, name: str, kinds: tuple[str, ...] = CHILD_KINDS) -> list[Manifest]:
+    """Every object of the child kinds carrying this service's child labels."""
+    selector = ",".join(f"{k}={v}" for k, v in child_labels(name).items())
+    found: list[Manifest] = []
+    for kind in kinds:
+        found += kube.list(kind, selector)
+    return found
+
+
+def service_monitors(kube: Kubectl, name: str) -> list[Manifest] | None:
+    """This service's ServiceMonitors, or None while the cluster does not serve the kind."""
+    try:
+        return children(kube, name, (SERVICE_MONITORS,))
+    except KubectlError as error:
+        if "the server doesn't have a resource type" in str(error):
+            return None
+        raise
+
+
+def pods(kube: Kubectl, name: str) -> list[Manifest]:
+    """The service's pods, by the Deployment's selector."""
+    return kube.list("pods", ",".join(f"{k}={v}" for k, v in pod_selector(name).items()))
+
+
+def controller_uid(obj: Manifest) -> str | None:
+    """UID of the object's controlling owner, if it has one."""
+    for reference in obj["metadata"].get("ownerReferences", []):
+        if reference.get("controller"):
+            uid: str = reference["uid"]
+            return uid
+    return None
+
+
+def pod_ready(pod: Manifest) -> bool:
+    status = pod.get("status", {})
+    ready = any(
+        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+    )
+    return status.get("phase") == "Running" and ready
+
+
+def resource_versions(objects: list[Manifest]) -> dict[str, str]:
+    """kind/name -> resourceVersion, to tell whether anything was written."""
+    return {
+        f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in objects
+    }
