@@ -24,7 +24,7 @@ from sas_runtime.app import ServingState, create_app, serving_state
 from sas_runtime.config import ConfigError, RuntimeConfig, load_config
 from sas_runtime.engine import Engine
 
-__all__ = ["DrainingServer", "load_engine_factory", "main"]
+__all__ = ["CONFIG_ENV", "DEFAULT_ENGINE", "DrainingServer", "load_engine_factory", "main"]
 
 CONFIG_ENV = "SAS_RUNTIME_CONFIG"
 DEFAULT_ENGINE = "sas_runtime.model_engine:build_engine"

@@ -27,13 +27,13 @@ __all__ = [
 TensorDType = Literal["float32", "float16", "bfloat16", "int32", "int64"]
 
 
-class ApiModel(BaseModel):
+class _ApiModel(BaseModel):
     """Base of every body: unknown fields are an error, so a typo is reported, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-class EmbeddingsRequest(ApiModel):
+class EmbeddingsRequest(_ApiModel):
     """POST /v1/embeddings, as in OpenAI's API."""
 
     input: (
@@ -55,25 +55,25 @@ class EmbeddingsRequest(ApiModel):
     """An end-user id, accepted and ignored."""
 
 
-class Embedding(ApiModel):
+class Embedding(_ApiModel):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str
 
 
-class Usage(ApiModel):
+class Usage(_ApiModel):
     prompt_tokens: int
     total_tokens: int
 
 
-class EmbeddingsResponse(ApiModel):
+class EmbeddingsResponse(_ApiModel):
     object: Literal["list"] = "list"
     data: list[Embedding]
     model: str
     usage: Usage
 
 
-class TensorPayload(ApiModel):
+class TensorPayload(_ApiModel):
     """A tensor in JSON: raw little-endian bytes in row-major order, base64-encoded."""
 
     dtype: TensorDType
@@ -81,7 +81,7 @@ class TensorPayload(ApiModel):
     data: str
 
 
-class AttentionRequest(ApiModel):
+class AttentionRequest(_ApiModel):
     """POST /v1/attention as JSON. The same request as safetensors bytes holds tensors `q`,
     `k`, `v` (and `document_ids`), with the pattern as JSON under the metadata key `pattern`.
 
@@ -98,7 +98,7 @@ class AttentionRequest(ApiModel):
     document_ids: TensorPayload | None = None
 
 
-class AttentionResponse(ApiModel):
+class AttentionResponse(_ApiModel):
     """The output, shaped and typed like q, with what computed it."""
 
     output: TensorPayload
@@ -106,7 +106,7 @@ class AttentionResponse(ApiModel):
     pattern: str
 
 
-class ModelCard(ApiModel):
+class ModelCard(_ApiModel):
     """GET /v1/models entry: the model and how its attention runs."""
 
     id: str
@@ -122,25 +122,25 @@ class ModelCard(ApiModel):
     skipped_backends: dict[str, list[str]]
 
 
-class ModelList(ApiModel):
+class ModelList(_ApiModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
-class Probe(ApiModel):
+class Probe(_ApiModel):
     """GET /healthz and /readyz."""
 
     status: Literal["alive", "ready", "starting", "draining"]
 
 
-class ErrorDetail(ApiModel):
+class ErrorDetail(_ApiModel):
     type: str
     message: str
     param: str | None = None
     code: str | None = None
 
 
-class ErrorResponse(ApiModel):
+class ErrorResponse(_ApiModel):
     """Every 4xx/5xx body, as in OpenAI's API."""
 
     error: ErrorDetail

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -55,9 +56,9 @@ __all__ = ["ApiError", "OrjsonResponse", "ServingState", "create_app", "serving_
 
 logger = logging.getLogger("sas_runtime")
 
-WORK_PATHS = frozenset({"/v1/embeddings", "/v1/attention"})
+_WORK_PATHS = frozenset({"/v1/embeddings", "/v1/attention"})
 _ENDPOINTS = frozenset(
-    {*WORK_PATHS, "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    {*_WORK_PATHS, "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json"}
 )
 _TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 _SAFETENSORS_TYPE = "application/octet-stream"
@@ -110,7 +111,7 @@ class ApiError(Exception):
     def response(self) -> OrjsonResponse:
         headers = {}
         if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(self.retry_after + 0.5)))
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         body = {
@@ -218,7 +219,7 @@ class _AdmissionMiddleware:
         try:
             if path.startswith("/v1/"):
                 rejection = self._admit(scope, path)
-                if rejection is None and path in WORK_PATHS:
+                if rejection is None and path in _WORK_PATHS:
                     self.state.enter()
                     entered = True
                     receive, rejection = await self._read_body(scope, receive)
@@ -240,7 +241,7 @@ class _AdmissionMiddleware:
             header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             if not state.auth.allows(header):
                 return ApiError(401, "a valid bearer token is required", reason="unauthorized")
-        if path not in WORK_PATHS:
+        if path not in _WORK_PATHS:
             return None
         if state.draining:
             return ApiError(503, "the runtime is shutting down", reason="draining", retry_after=1)
@@ -361,7 +362,7 @@ def _add_error_handlers(app: FastAPI, state: ServingState) -> None:
     app.add_exception_handler(Exception, server_error)
 
 
-TimeoutHeader = Annotated[
+_TimeoutHeader = Annotated[
     int | None,
     Header(
         alias=_TIMEOUT_HEADER,
@@ -395,7 +396,7 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
         responses=_ERROR_RESPONSES,
         summary="Embed texts (OpenAI-compatible)",
     )
-    async def embeddings(body: EmbeddingsRequest, timeout_ms: TimeoutHeader = None) -> Response:
+    async def embeddings(body: EmbeddingsRequest, timeout_ms: _TimeoutHeader = None) -> Response:
         info = state.engine.info
         if body.model != info.model:
             raise ApiError(
@@ -461,7 +462,7 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
         },
         summary="Attention over q, k, v with the configured or given pattern",
     )
-    async def attention(request: Request, timeout_ms: TimeoutHeader = None) -> Response:
+    async def attention(request: Request, timeout_ms: _TimeoutHeader = None) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await request.body()
         limit = config.server.max_attention_elements
@@ -544,10 +545,12 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, PatternConfig | None]
+_Tensors = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, PatternConfig | None
+]
 
 
-def _attention_from_json(body: bytes, limit: int) -> Tensors:
+def _attention_from_json(body: bytes, limit: int) -> _Tensors:
     try:
         request = AttentionRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -565,7 +568,7 @@ def _attention_from_json(body: bytes, limit: int) -> Tensors:
     return q, k, v, document_ids, request.pattern
 
 
-def _attention_from_safetensors(body: bytes, limit: int) -> Tensors:
+def _attention_from_safetensors(body: bytes, limit: int) -> _Tensors:
     tensors, metadata = decode_safetensors(body, max_elements=limit)
     unknown = sorted(set(tensors) - {"q", "k", "v", "document_ids"})
     if unknown:

@@ -33,7 +33,7 @@ __all__ = [
     "sequence_bucket",
 ]
 
-WorkKind = Literal["embed", "attend"]
+_WorkKind = Literal["embed", "attend"]
 _SMALLEST_BUCKET = 8
 
 
@@ -59,7 +59,7 @@ def sequence_bucket(length: int) -> int:
 class _Job:
     """One unit of engine work: a text to embed or one attention problem."""
 
-    kind: WorkKind
+    kind: _WorkKind
     payload: EncodedText | AttentionInput
     group: Hashable
     tokens: int
@@ -126,10 +126,10 @@ class Batcher:
 
     async def embed(self, texts: Sequence[EncodedText], *, deadline: float) -> np.ndarray:
         """Embeddings of `texts`, float32 [len(texts), dim], by `deadline` (the loop's clock)."""
-        jobs = [
-            self._job("embed", text, ("embed", sequence_bucket(len(text.ids))), len(text.ids))
-            for text in texts
-        ]
+        jobs = []
+        for text in texts:
+            bucket = sequence_bucket(len(text.ids))
+            jobs.append(self._job("embed", text, ("embed", bucket), bucket))
         rows = await self._submit(jobs, deadline)
         return np.stack([np.asarray(row) for row in rows])
 
@@ -149,7 +149,7 @@ class Batcher:
         return output  # type: ignore[return-value]
 
     def _job(
-        self, kind: WorkKind, payload: EncodedText | AttentionInput, group: Hashable, tokens: int
+        self, kind: _WorkKind, payload: EncodedText | AttentionInput, group: Hashable, tokens: int
     ) -> _Job:
         loop = asyncio.get_running_loop()
         return _Job(kind, payload, group, tokens, 0.0, 0.0, loop.create_future())
@@ -273,7 +273,7 @@ class Batcher:
                 job.future.set_result(output)
 
     def _call_engine(
-        self, kind: WorkKind, payloads: list[EncodedText | AttentionInput]
+        self, kind: _WorkKind, payloads: list[EncodedText | AttentionInput]
     ) -> list[object]:
         with nvtx.annotate(f"sas.forward.{kind}", domain="sas"):
             if kind == "embed":
@@ -288,7 +288,7 @@ class Batcher:
         return out
 
     def _count_work(
-        self, kind: WorkKind, payloads: list[EncodedText | AttentionInput], elapsed: float
+        self, kind: _WorkKind, payloads: list[EncodedText | AttentionInput], elapsed: float
     ) -> None:
         tokens = 0
         flops = 0

@@ -3,10 +3,11 @@ model side (batch contents, slowness, refusals) without loading a model."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -124,3 +125,12 @@ def build_slow_fake_engine(config: RuntimeConfig) -> FakeEngine:
         pattern=config.attention.pattern.type.value,
         forward_seconds=0.05,
     )
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 5.0) -> None:
+    """Wait (polling every millisecond) until `condition()` holds; fail after `within` s."""
+    for _ in range(int(within * 1000)):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the condition never held")
