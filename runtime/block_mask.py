@@ -54,6 +54,16 @@ class ElementMask:
     kv_lengths: Tensor | None = None
     document_ids: Tensor | None = None
 
+    @property
+    def allows_every_pair(self) -> bool:
+        """True when no term narrows the predicate (every in-range pair is allowed)."""
+        return (
+            not self.causal
+            and self.window is None
+            and self.kv_lengths is None
+            and self.document_ids is None
+        )
+
     def allowed(self, b: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         """The predicate on broadcastable index tensors (also FlexAttention's mask_mod body)."""
         # All-true over the broadcast (q, k) grid; each term below narrows it.
@@ -133,6 +143,12 @@ class BlockMask:
             q_len=q_len,
             kv_len=kv_len,
         )
+
+    @property
+    def allows_every_pair(self) -> bool:
+        """True when every query may attend to every key (no mask needed at all)."""
+        visited = self.full_blocks | self.partial_blocks
+        return self.element_mask.allows_every_pair and bool(visited.all())
 
     @property
     def density(self) -> float:

@@ -28,10 +28,7 @@ class DenseBackend(AttentionBackend):
     def build_metadata(
         self, block_mask: BlockMask, scale: float | None = None
     ) -> AttentionMetadata:
-        every_pair = (
-            bool(block_mask.full_blocks.all()) and block_mask.element_mask.kv_lengths is None
-        )
-        dense_mask = None if every_pair else block_mask.to_dense()
+        dense_mask = None if block_mask.allows_every_pair else block_mask.to_dense()
         return AttentionMetadata(block_mask=block_mask, scale=scale, dense_mask=dense_mask)
 
     def forward(

@@ -8,6 +8,7 @@ An explicit choice that cannot run raises with the reasons; only `auto` falls ba
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sas_runtime.attention.backend import AttentionBackend, AttentionSpec
@@ -59,11 +60,13 @@ class BackendSelection:
     skipped: dict[str, list[str]] = field(default_factory=dict)
 
 
-def load_backend_class(name: AttentionBackendName) -> type[AttentionBackend]:
+def load_backend_class(
+    name: AttentionBackendName, paths: Mapping[AttentionBackendName, str] = BACKEND_PATHS
+) -> type[AttentionBackend]:
     """Import a backend's class; ImportError (with a readable message) when it is not built."""
-    if name not in BACKEND_PATHS:
+    if name not in paths:
         raise ImportError(f"no attention backend named '{name}'")
-    module_name, class_name = BACKEND_PATHS[name].split(":")
+    module_name, class_name = paths[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -79,27 +82,35 @@ def load_backend_class(name: AttentionBackendName) -> type[AttentionBackend]:
 
 
 def backend_reasons(
-    name: AttentionBackendName, spec: AttentionSpec
+    name: AttentionBackendName,
+    spec: AttentionSpec,
+    paths: Mapping[AttentionBackendName, str] = BACKEND_PATHS,
 ) -> tuple[type[AttentionBackend] | None, list[str]]:
     """The backend's class (None if it cannot be imported) and why it cannot run `spec`."""
     try:
-        backend_class = load_backend_class(name)
+        backend_class = load_backend_class(name, paths)
     except ImportError as exc:
         return None, [str(exc)]
     return backend_class, backend_class.validate_configuration(spec)
 
 
-def select_backend(choice: AttentionBackendName, spec: AttentionSpec) -> BackendSelection:
+def select_backend(
+    choice: AttentionBackendName,
+    spec: AttentionSpec,
+    paths: Mapping[AttentionBackendName, str] = BACKEND_PATHS,
+) -> BackendSelection:
     """The backend that will run `spec`: the explicit `choice`, or the first of AUTO_PRIORITY
-    that can. Raises BackendUnavailableError with the reasons when none can."""
+    that can. Raises BackendUnavailableError with the reasons when none can.
+
+    paths: name -> 'module:ClassName' (tests pass their own to register fake backends)."""
     if choice is not AttentionBackendName.AUTO:
-        backend_class, reasons = backend_reasons(choice, spec)
+        backend_class, reasons = backend_reasons(choice, spec, paths)
         if backend_class is None or reasons:
             raise BackendUnavailableError(choice.value, reasons)
         return BackendSelection(backend=backend_class())
     skipped: dict[str, list[str]] = {}
     for candidate in AUTO_PRIORITY:
-        backend_class, reasons = backend_reasons(candidate, spec)
+        backend_class, reasons = backend_reasons(candidate, spec, paths)
         if backend_class is not None and not reasons:
             fallback_reason = "; ".join(
                 f"{name}: {', '.join(why)}" for name, why in skipped.items()
