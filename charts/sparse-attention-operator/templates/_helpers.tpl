@@ -1,19 +1,21 @@
 {{/*
-Chart name, cut to 63 characters (the DNS label limit of Kubernetes names).
+The operator's name: the value of its pods' app.kubernetes.io/name label. Fixed, because the
+NetworkPolicies the operator renders for runtime pods admit the operator by this label
+(sas_operator.render.MANAGED_BY).
 */}}
 {{- define "sas-operator.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+sas-operator
 {{- end }}
 
 {{/*
-Full name of the release's resources, cut to 63 characters. A release name that already
-contains the chart name is used as it is.
+Full name of the release's resources, cut to 63 characters (the DNS label limit). A release
+name that already contains the operator's name is used as it is.
 */}}
 {{- define "sas-operator.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- $name := include "sas-operator.name" . }}
 {{- if contains $name .Release.Name }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}

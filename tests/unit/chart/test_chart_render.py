@@ -10,6 +10,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from sas_operator.render import MANAGED_BY
+from sas_operator.settings import OperatorSettings
 from sas_runtime.metrics import RuntimeMetrics
 
 from .tools import (
@@ -63,11 +65,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "logFormat": "plain",
             "logLevel": "debug",
             "defaultRuntimeImage": "registry.example.com/ml/sas-runtime:0.1.0",
+            "runtimeImagePullPolicy": "Always",
+            "resyncSeconds": 30,
+            "retrySeconds": 7.5,
+            "gpuProductLabel": "example.com/gpu",
+            "gpuProducts": {"H100": ["H100-SXM"], "H200": ["H200-SXM", "H200-NVL"]},
             "healthPort": 18080,
             "metricsPort": 19090,
         },
     },
-    "long-names": {"nameOverride": "n" * 70, "fullnameOverride": "f" * 80},
+    "long-names": {"fullnameOverride": "f" * 80},
     "everything-on-namespaced": {
         "operator": {"watchNamespaces": ["ml"]},
         "monitoring": MONITORING_ON,
@@ -137,31 +144,54 @@ def operator_env(manifests: list[Manifest]) -> dict[str, str]:
 
 def test_settings_reach_the_operator_as_environment() -> None:
     manifests = render(VALUE_SETS["pinned-and-placed"])
-    env = operator_env(manifests)
-    assert env["SAS_OPERATOR_WATCH_NAMESPACES"] == ""
-    assert env["SAS_OPERATOR_LOG_FORMAT"] == "plain"
-    assert env["SAS_OPERATOR_LOG_LEVEL"] == "debug"
-    assert env["SAS_OPERATOR_DEFAULT_RUNTIME_IMAGE"] == "registry.example.com/ml/sas-runtime:0.1.0"
-    assert env["SAS_OPERATOR_HEALTH_PORT"] == "18080"
-    assert env["SAS_OPERATOR_METRICS_PORT"] == "19090"
+    settings = OperatorSettings.from_env(operator_env(manifests))
+    assert settings.namespaces == ()
+    assert (settings.log_format, settings.log_level) == ("plain", "debug")
+    assert settings.default_image == "registry.example.com/ml/sas-runtime:0.1.0"
+    assert settings.image_pull_policy == "Always"
+    assert settings.resync_seconds == 30
+    assert settings.retry_seconds == 7.5
+    assert settings.gpu_product_label == "example.com/gpu"
+    assert settings.gpu_products == {"H100": ("H100-SXM",), "H200": ("H200-SXM", "H200-NVL")}
+    assert (settings.health_port, settings.metrics_port) == (18080, 19090)
     (container,) = operator_deployment(manifests)["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.example.com:5000/ml/sas-operator@sha256:" + "4f" * 32
-    assert operator_env(render(VALUE_SETS["namespaced"]))["SAS_OPERATOR_WATCH_NAMESPACES"] == (
-        "ml-serving,ml-staging"
+    namespaced = OperatorSettings.from_env(operator_env(render(VALUE_SETS["namespaced"])))
+    assert namespaced.namespaces == ("ml-serving", "ml-staging")
+    standalone = OperatorSettings.from_env(operator_env(render(VALUE_SETS["crds-and-peering-off"])))
+    assert standalone.peering is None
+
+
+def test_default_settings_agree_with_the_operator_defaults() -> None:
+    settings = OperatorSettings.from_env(operator_env(render()))
+    defaults = OperatorSettings()
+    assert (settings.log_format, settings.log_level) == (defaults.log_format, defaults.log_level)
+    assert settings.resync_seconds == defaults.resync_seconds
+    assert settings.retry_seconds == defaults.retry_seconds
+    assert settings.gpu_product_label == defaults.gpu_product_label
+    assert settings.gpu_products == defaults.gpu_products
+    assert (settings.health_port, settings.metrics_port) == (
+        defaults.health_port,
+        defaults.metrics_port,
     )
-    assert operator_env(render(VALUE_SETS["crds-and-peering-off"]))["SAS_OPERATOR_PEERING"] == ""
+
+
+def test_operator_pods_carry_the_label_runtime_network_policies_admit() -> None:
+    for values in VALUE_SETS.values():
+        pod_labels = operator_deployment(render(values))["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels["app.kubernetes.io/name"] == MANAGED_BY
 
 
 def test_defaults_name_the_chart_version_images_and_peering_object() -> None:
     manifests = render()
-    env = operator_env(manifests)
+    settings = OperatorSettings.from_env(operator_env(manifests))
     (container,) = operator_deployment(manifests)["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "ghcr.io/sparse-attention-operator/operator:0.1.0"
-    assert env["SAS_OPERATOR_DEFAULT_RUNTIME_IMAGE"] == (
-        "ghcr.io/sparse-attention-operator/runtime:0.1.0"
-    )
+    assert settings.default_image == "ghcr.io/sparse-attention-operator/runtime:0.1.0"
     (peering,) = find(manifests, "ClusterKopfPeering")
-    assert env["SAS_OPERATOR_PEERING"] == peering["metadata"]["name"]
+    assert settings.peering == peering["metadata"]["name"]
+    assert settings.operator_namespace is None  # filled by the downward API in the pod
+    assert "POD_NAMESPACE" in {item["name"] for item in container["env"]}
 
 
 def test_optional_objects_are_off_by_default() -> None:

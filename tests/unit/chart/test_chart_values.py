@@ -24,6 +24,11 @@ INVALID_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "operator: Additional property logFormt",
     ),
     "unknown log format": ({"operator": {"logFormat": "xml"}}, "operator.logFormat"),
+    "resync not positive": ({"operator": {"resyncSeconds": 0}}, "operator.resyncSeconds"),
+    "gpu products not lists": (
+        {"operator": {"gpuProducts": {"H100": "NVIDIA-H100"}}},
+        "operator.gpuProducts.H100: Invalid type",
+    ),
     "namespace not a DNS label": (
         {"operator": {"watchNamespaces": ["ML_Serving"]}},
         "operator.watchNamespaces.0: Does not match pattern",
@@ -66,15 +71,22 @@ INVALID_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     ),
 }
 
-# Keys whose values are free-form maps (label or annotation sets): their keys are data.
-STRING_MAPS = {
-    "serviceAccount.annotations",
-    "podAnnotations",
-    "podLabels",
-    "nodeSelector",
-    "networkPolicy.metricsNamespaceSelector",
-    "monitoring.serviceMonitor.labels",
-    "monitoring.prometheusRule.labels",
+# Keys whose values are free-form maps (label sets, GPU tables): their keys are data, their
+# values typed.
+STRING = {"type": "string"}
+FREE_FORM_MAPS: dict[str, dict[str, Any]] = {
+    "serviceAccount.annotations": STRING,
+    "podAnnotations": STRING,
+    "podLabels": STRING,
+    "nodeSelector": STRING,
+    "networkPolicy.metricsNamespaceSelector": STRING,
+    "monitoring.serviceMonitor.labels": STRING,
+    "monitoring.prometheusRule.labels": STRING,
+    "operator.gpuProducts": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "minLength": 1},
+    },
 }
 
 
@@ -125,8 +137,8 @@ def test_schema_refuses_unknown_keys_at_every_level() -> None:
     objects = list(schema_objects(SCHEMA))
     assert len(objects) > 15
     for path, node in objects:
-        if path in STRING_MAPS:
-            assert node["additionalProperties"] == {"type": "string"}, path
+        if path in FREE_FORM_MAPS:
+            assert node["additionalProperties"] == FREE_FORM_MAPS[path], path
         else:
             assert node.get("additionalProperties") is False, path
 
@@ -136,7 +148,7 @@ def test_schema_and_values_name_the_same_keys() -> None:
     value_keys = {
         key
         for key, _ in walk_values(values)
-        if not any(key.startswith(f"{m}.") for m in STRING_MAPS)
+        if not any(key.startswith(f"{m}.") for m in FREE_FORM_MAPS)
     }
     schema_keys = {
         f"{path}.{key}".lstrip(".")
