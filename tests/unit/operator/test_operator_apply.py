@@ -1,0 +1,120 @@
+"""Server-side apply of children: owner references, no-op passes, drift, pruning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from operator_fakes import FakeCluster
+
+from sas_operator.apply import CHILD_KINDS, ApplyResult, Owner, apply_children
+from sas_operator.render import render
+from sas_operator.settings import OperatorSettings
+from sas_operator.spec import SparseAttentionServiceSpec
+
+OWNER = Owner("sparseattention.io/v1alpha1", "SparseAttentionService", "minilm", "ml", "owner-uid")
+SETTINGS = OperatorSettings()
+BUILT_IN_KINDS = [k for k in CHILD_KINDS if not k[0].startswith("monitoring")]
+
+
+def _objects(spec: dict[str, object]) -> list[dict[str, Any]]:
+    return render(
+        "minilm",
+        "ml",
+        SparseAttentionServiceSpec.model_validate(spec),
+        SETTINGS,
+        service_monitor_served=False,
+    )
+
+
+def _apply(cluster: FakeCluster, spec: dict[str, object]) -> ApplyResult:
+    return apply_children(
+        cluster, OWNER, _objects(spec), field_manager="sas-operator", served_kinds=BUILT_IN_KINDS
+    )
+
+
+def test_first_pass_creates_every_child_with_an_owner_reference() -> None:
+    cluster = FakeCluster()
+    result = _apply(cluster, {"replicas": 2})
+    assert result.applied == (
+        "ServiceAccount/minilm",
+        "ConfigMap/minilm",
+        "Deployment/minilm",
+        "Service/minilm",
+        "PodDisruptionBudget/minilm",
+    )
+    for key in cluster.objects:
+        obj = cluster.view(key)
+        assert obj is not None
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref["uid"] == "owner-uid"
+        assert ref["controller"] is True
+
+
+def test_second_pass_writes_nothing() -> None:
+    cluster = FakeCluster()
+    _apply(cluster, {"replicas": 2})
+    cluster.calls.clear()
+    result = _apply(cluster, {"replicas": 2})
+    assert not result.changed
+    assert len(result.unchanged) == 5
+    assert cluster.writes() == []
+
+
+def test_foreign_fields_do_not_cause_writes_but_drift_in_ours_is_corrected() -> None:
+    cluster = FakeCluster()
+    _apply(cluster, {})
+    key = ("apps/v1", "Deployment", "ml", "minilm")
+    cluster.edit(key, {"metadata": {"annotations": {"someone.else/note": "x"}}})
+    cluster.calls.clear()
+    assert not _apply(cluster, {}).changed
+    cluster.edit(key, {"spec": {"replicas": 5}})
+    result = _apply(cluster, {})
+    assert result.applied == ("Deployment/minilm",)
+    deployment = cluster.view(key)
+    assert deployment is not None
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["metadata"]["annotations"] == {"someone.else/note": "x"}
+
+
+def test_children_the_spec_no_longer_wants_are_pruned() -> None:
+    cluster = FakeCluster()
+    _apply(cluster, {"replicas": 1, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}})
+    assert ("HorizontalPodAutoscaler", "minilm") in cluster.kinds()
+    assert ("PodDisruptionBudget", "minilm") in cluster.kinds()
+    result = _apply(cluster, {"replicas": 1})
+    assert set(result.pruned) == {"HorizontalPodAutoscaler/minilm", "PodDisruptionBudget/minilm"}
+    assert ("HorizontalPodAutoscaler", "minilm") not in cluster.kinds()
+
+
+def test_objects_of_another_owner_are_never_pruned() -> None:
+    cluster = FakeCluster()
+    _apply(cluster, {})
+    cluster.put(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "lookalike",
+                "namespace": "ml",
+                "labels": {
+                    "app.kubernetes.io/instance": "minilm",
+                    "app.kubernetes.io/managed-by": "sas-operator",
+                },
+                "ownerReferences": [{"uid": "someone-else"}],
+            },
+        }
+    )
+    assert _apply(cluster, {}).pruned == ()
+    assert ("ConfigMap", "lookalike") in cluster.kinds()
+
+
+def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
+    cluster = FakeCluster()
+    _apply(cluster, {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}})
+    key = ("apps/v1", "Deployment", "ml", "minilm")
+    cluster.edit(key, {"spec": {"replicas": 3}})
+    cluster.calls.clear()
+    assert not _apply(cluster, {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}}).changed
+    deployment = cluster.view(key)
+    assert deployment is not None
+    assert deployment["spec"]["replicas"] == 3
