@@ -44,7 +44,7 @@ def gpu_node(name: str, product: str) -> dict[str, Any]:
     node = _node(
         name,
         {GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.count": str(GPUS_PER_NODE)},
-        {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)},
+        {"cpu": "96", "memory": "1Ti", "pods": "250", "nvidia.com/gpu": str(GPUS_PER_NODE)},
     )
     node["spec"]["taints"] = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
     return node
@@ -52,7 +52,7 @@ def gpu_node(name: str, product: str) -> dict[str, Any]:
 
 def cpu_node(name: str) -> dict[str, Any]:
     """A node without GPUs: GPU pods must never land here."""
-    return _node(name, {}, {"cpu": "32", "memory": "128Gi", "pods": "110"})
+    return _node(name, {}, {"cpu": "32", "memory": "128Gi", "pods": "250"})
 
 
 def node_list() -> dict[str, Any]:

@@ -44,8 +44,8 @@ def operator_process(
     """The operator, with the chart's environment and a short resync, running for the session."""
     environment = {
         **chart.operator_environment(cluster),
-        "SAS_RESYNC_SECONDS": str(RESYNC_SECONDS),
-        "SAS_RETRY_SECONDS": str(RESYNC_SECONDS),
+        "SAS_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS),
+        "SAS_OPERATOR_RETRY_SECONDS": str(RESYNC_SECONDS),
     }
     process = OperatorProcess(
         kubeconfig=operator_user[0],
