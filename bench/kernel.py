@@ -1,0 +1,210 @@
+"""Benchmark of the block-sparse kernel against cuDNN SDPA, SDPA flash and FlexAttention.
+
+Run on the H100: `python bench/kernel.py --out bench/results/kernel-<date>.json`. For every
+(sequence length, head dim) it times cuDNN and flash SDPA on the dense problem (and causal),
+then, per mask, our kernel and FlexAttention (compiled, same block mask). TFLOPS count the
+blocks computed (4 * 128 * 128 * D flops per visited block pair); ratios compare times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional
+from torch.nn.attention import SDPBackend, flex_attention, sdpa_kernel
+
+from sas_runtime.block_mask import BlockMask, ElementMask, compile_block_mask
+from sas_runtime.config import PatternConfig, PatternType
+from sas_runtime.kernels import ops
+
+BLOCK = 128
+DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
+
+
+def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> float:
+    """Median device time of `fn` in milliseconds, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(float(start.elapsed_time(end)))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def random_mask(heads: int, seq_len: int, density: float, seed: int) -> BlockMask:
+    """Full blocks drawn independently per (head, q-block, kv-block) with probability
+    `density` (density 1.0: every block)."""
+    blocks = math.ceil(seq_len / BLOCK)
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    grid = torch.rand(1, heads, blocks, blocks, device="cuda", generator=generator) < density
+    return BlockMask.from_block_grids(
+        partial_blocks=torch.zeros_like(grid),
+        full_blocks=grid,
+        element_mask=ElementMask(),
+        block_size=BLOCK,
+        q_len=seq_len,
+        kv_len=seq_len,
+    )
+
+
+def pattern_mask(pattern: PatternConfig, seq_len: int) -> BlockMask:
+    return compile_block_mask(
+        pattern, batch=1, q_len=seq_len, kv_len=seq_len, device=torch.device("cuda")
+    )
+
+
+def masks_for(heads: int, seq_len: int, names: list[str]) -> dict[str, BlockMask]:
+    masks: dict[str, BlockMask] = {}
+    for name in names:
+        if name.startswith("random-"):
+            density = float(name.removeprefix("random-"))
+            masks[name] = random_mask(heads, seq_len, density, seed=seq_len)
+        elif name == "window-1024":
+            masks[name] = pattern_mask(PatternConfig(type=PatternType.WINDOW, window=1024), seq_len)
+        elif name == "global-window":
+            pattern = PatternConfig(type=PatternType.GLOBAL_WINDOW, window=1024, global_tokens=256)
+            masks[name] = pattern_mask(pattern, seq_len)
+        elif name == "causal":
+            masks[name] = pattern_mask(PatternConfig(type=PatternType.CAUSAL), seq_len)
+        else:
+            raise ValueError(f"unknown mask {name}")
+    return masks
+
+
+def visited_pairs(mask: BlockMask, heads: int) -> int:
+    """Visited (q-block, kv-block) pairs summed over heads."""
+    counts = mask.kv_num_blocks.long() + mask.full_kv_num_blocks.long()
+    return int(counts.expand(1, heads, -1).sum())
+
+
+def environment(command: list[str]) -> dict[str, Any]:
+    driver = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "device": torch.cuda.get_device_name(),
+        "driver": driver,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(command),
+    }
+
+
+def bench_shape(
+    seq_len: int, head_dim: int, heads: int, mask_names: list[str], with_flex: bool
+) -> list[dict[str, Any]]:
+    torch.manual_seed(seq_len + head_dim)
+    shape = (1, heads, seq_len, head_dim)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    dense_flops = 4 * heads * seq_len * seq_len * head_dim
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        cudnn_ms = time_ms(lambda: functional.scaled_dot_product_attention(q, k, v))
+        cudnn_causal_ms = time_ms(
+            lambda: functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        )
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        flash_ms = time_ms(lambda: functional.scaled_dot_product_attention(q, k, v))
+    flex = torch.compile(flex_attention.flex_attention, dynamic=False)
+
+    rows = []
+    for name, mask in masks_for(heads, seq_len, mask_names).items():
+        pairs = visited_pairs(mask, heads)
+        density = pairs / (heads * math.ceil(seq_len / BLOCK) ** 2)
+        flops = 4 * BLOCK * BLOCK * head_dim * pairs
+        ours_ms = time_ms(partial(ops.block_sparse_attention, q, k, v, block_mask=mask))
+        flex_ms = None
+        if with_flex:
+            flex_ms = time_ms(partial(flex, q, k, v, block_mask=mask.to_flex_attention()))
+        dense_ref_ms = cudnn_causal_ms if name == "causal" else cudnn_ms
+        row = {
+            "seq_len": seq_len,
+            "head_dim": head_dim,
+            "heads": heads,
+            "mask": name,
+            "density": round(density, 4),
+            "ours_ms": ours_ms,
+            "ours_tflops": flops / ours_ms / 1e9,
+            "cudnn_dense_ms": cudnn_ms,
+            "cudnn_dense_tflops": dense_flops / cudnn_ms / 1e9,
+            "cudnn_causal_ms": cudnn_causal_ms,
+            "flash_dense_ms": flash_ms,
+            "flex_ms": flex_ms,
+            "time_over_density_x_cudnn": ours_ms / (density * dense_ref_ms)
+            if name != "causal"
+            else ours_ms / cudnn_causal_ms,
+            "speedup_vs_flex": None if flex_ms is None else flex_ms / ours_ms,
+        }
+        rows.append(row)
+        print(
+            f"S={seq_len:6d} D={head_dim:3d} {name:14s} d={density:.3f} "
+            f"ours {ours_ms:8.3f} ms {row['ours_tflops']:6.1f} TF | cuDNN dense {cudnn_ms:8.3f} "
+            f"({row['cudnn_dense_tflops']:5.1f} TF) | flex "
+            f"{'-' if flex_ms is None else f'{flex_ms:8.3f}'} | "
+            f"t/(d*cuDNN) {row['time_over_density_x_cudnn']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="4096,16384,32768")
+    parser.add_argument("--head-dims", default="128,64")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument(
+        "--masks",
+        default=",".join(
+            [*(f"random-{d}" for d in DENSITIES), "window-1024", "global-window", "causal"]
+        ),
+    )
+    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    parser.add_argument("--library", type=Path, default=None, help="compiled extension")
+    parser.add_argument("--out", type=Path, default=None, help="result JSON")
+    args = parser.parse_args(argv)
+
+    reason = ops.load_library(args.library)
+    reason = reason or ops.unavailable_reason()
+    if reason is not None:
+        print(f"cannot run the kernel: {reason}", file=sys.stderr)
+        return 1
+    rows = []
+    for head_dim in (int(d) for d in args.head_dims.split(",")):
+        for seq_len in (int(s) for s in args.seq_lens.split(",")):
+            rows += bench_shape(
+                seq_len, head_dim, args.heads, args.masks.split(","), not args.no_flex
+            )
+    result = {"environment": environment([sys.executable, *sys.argv]), "rows": rows}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

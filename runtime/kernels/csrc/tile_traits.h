@@ -1,0 +1,123 @@
+// Tile traits of the block-sparse forward: tile shapes, shared-memory layouts, the two warpgroup
+// MMAs (S = Q K^T from shared memory, O += P V with P in registers) and the TMA descriptors.
+#pragma once
+
+#include <cute/atom/copy_atom.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/numeric_types.h>
+
+#include "params.h"
+
+namespace sas {
+
+using namespace cute;
+
+template <DType kDType>
+struct ElementOf;
+template <>
+struct ElementOf<DType::kBFloat16> {
+  using type = cutlass::bfloat16_t;
+};
+template <>
+struct ElementOf<DType::kFloat16> {
+  using type = cutlass::half_t;
+};
+
+template <DType kDType_, int kHeadDim_>
+struct TileTraits {
+  using Element = typename ElementOf<kDType_>::type;
+  using ElementAccum = float;
+
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 128;  // query rows per CTA, 64 per consumer warpgroup
+  static constexpr int kBlockN = 128;  // keys per mask block
+  static constexpr int kStages = kHeadDim <= 64 ? 3 : 2;  // K/V ring depth
+  static constexpr int kWarpgroups = kBlockM / 64;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128 are instantiated");
+
+  using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;  // (M, N, K=D)
+  using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;  // (M, N=D, K)
+  using WarpgroupLayout = Layout<Shape<Int<kWarpgroups>, _1, _1>>;
+
+  using TiledMmaQK = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(),
+      WarpgroupLayout{}));
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<_64, Int<kHeadDim>, Int<kBlockN>>,
+                           GMMA::Major::K, GMMA::Major::MN>(),
+      WarpgroupLayout{}));
+
+  // Head dims of 64 and 128 16-bit elements fill whole 128-byte swizzle rows.
+  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                             Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  // K and V blocks land as (N, D, stage) tiles, D contiguous and swizzled.
+  using SmemLayoutKV = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                              Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  // V seen as the MN-major B operand (D, N, stage) of the P V product: same bytes, transposed.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutKV{},
+      make_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
+                  Stride<Int<kBlockN>, _1, Int<kBlockN * kHeadDim>>{})));
+
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> v;
+    alignas(8) uint64_t barrier_q;
+    uint64_t barrier_k[kStages];
+    uint64_t barrier_v[kStages];
+  };
+
+  static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(Element));
+  static constexpr int kKVBytes = kBlockN * kHeadDim * int(sizeof(Element));
+
+  // Global views for TMA: (seq, D, head, batch) with the caller's strides.
+  using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemShape = Shape<int, Int<kHeadDim>, int, int>;
+
+  CUTE_HOST_DEVICE static auto gmem_q(const BlockSparseFwdParams& p) {
+    return make_tensor(make_gmem_ptr(static_cast<const Element*>(p.q)),
+                       GmemShape{p.q_len, Int<kHeadDim>{}, p.heads, p.batch},
+                       GmemStride{p.q_row_stride, _1{}, p.q_head_stride, p.q_batch_stride});
+  }
+  CUTE_HOST_DEVICE static auto gmem_k(const BlockSparseFwdParams& p) {
+    return make_tensor(make_gmem_ptr(static_cast<const Element*>(p.k)),
+                       GmemShape{p.kv_len, Int<kHeadDim>{}, p.kv_heads, p.batch},
+                       GmemStride{p.k_row_stride, _1{}, p.k_head_stride, p.k_batch_stride});
+  }
+  CUTE_HOST_DEVICE static auto gmem_v(const BlockSparseFwdParams& p) {
+    return make_tensor(make_gmem_ptr(static_cast<const Element*>(p.v)),
+                       GmemShape{p.kv_len, Int<kHeadDim>{}, p.kv_heads, p.batch},
+                       GmemStride{p.v_row_stride, _1{}, p.v_head_stride, p.v_batch_stride});
+  }
+
+  static auto make_tma_q(const BlockSparseFwdParams& p) {
+    return make_tma_copy(SM90_TMA_LOAD{}, gmem_q(p), SmemLayoutQ{},
+                         Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+  }
+  static auto make_tma_k(const BlockSparseFwdParams& p) {
+    return make_tma_copy(SM90_TMA_LOAD{}, gmem_k(p), take<0, 2>(SmemLayoutKV{}),
+                         Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  }
+  static auto make_tma_v(const BlockSparseFwdParams& p) {
+    return make_tma_copy(SM90_TMA_LOAD{}, gmem_v(p), take<0, 2>(SmemLayoutKV{}),
+                         Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  }
+
+  using TmaQ = decltype(make_tma_q(std::declval<BlockSparseFwdParams>()));
+  using TmaK = decltype(make_tma_k(std::declval<BlockSparseFwdParams>()));
+  using TmaV = decltype(make_tma_v(std::declval<BlockSparseFwdParams>()));
+};
+
+// Everything a CTA needs, passed by value as one __grid_constant__ kernel parameter.
+template <class Traits>
+struct KernelArgs {
+  BlockSparseFwdParams params;
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaK tma_k;
+  typename Traits::TmaV tma_v;
+};
+
+}  // namespace sas

@@ -1,0 +1,142 @@
+"""Typed Python face of the `sas::block_sparse_attention_fwd` op: loading, fake kernel, wrapper.
+
+Importing this module never needs a GPU or a build: `load_library()` loads the compiled
+extension when there is one and records why not otherwise; `unavailable_reason()` says what
+stops the op from running here (None when it can run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from sas_runtime.block_mask import BlockMask
+from sas_runtime.kernels.build import LIBRARY_NAME, default_build_dir
+
+__all__ = [
+    "BLOCK_SIZE",
+    "block_sparse_attention",
+    "library_path",
+    "load_library",
+    "unavailable_reason",
+]
+
+BLOCK_SIZE = 128
+"""Tokens per mask block on both axes: the kernel's query tile and key/value tile."""
+
+_OP_NAME = "sas::block_sparse_attention_fwd"
+_load_error: str | None = "not loaded: call load_library()"
+
+
+def library_path() -> Path:
+    """The compiled extension: $SAS_KERNEL_LIBRARY, else the default build directory's."""
+    configured = os.environ.get("SAS_KERNEL_LIBRARY")
+    if configured:
+        return Path(configured)
+    return default_build_dir() / f"{LIBRARY_NAME}.so"
+
+
+def load_library(path: Path | None = None) -> str | None:
+    """Loads the extension (once) and registers its fake kernel; returns the failure reason or
+    None. A missing or broken build is a reason, never an exception."""
+    global _load_error
+    if _load_error is None:
+        return None
+    target = path or library_path()
+    if not target.exists():
+        _load_error = f"sparse kernels not built (no library at {target})"
+        return _load_error
+    try:
+        torch.ops.load_library(str(target))  # type: ignore[no-untyped-call]
+    except OSError as error:
+        _load_error = f"sparse kernels failed to load from {target}: {error}"
+        return _load_error
+    torch.library.register_fake(_OP_NAME)(_block_sparse_attention_fwd_fake)
+    _load_error = None
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the op cannot run here (not built, no CUDA, not Hopper), or None."""
+    if _load_error is not None:
+        return _load_error
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) != (9, 0):
+        return f"the sparse kernel needs compute capability 9.0 (Hopper), found {major}.{minor}"
+    return None
+
+
+def _require(condition: bool, message: str) -> None:
+    torch._check(condition, lambda: message)  # type: ignore[no-untyped-call]
+
+
+def _block_sparse_attention_fwd_fake(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    full_kv_num_blocks: torch.Tensor,
+    full_kv_indices: torch.Tensor,
+    document_ids: torch.Tensor | None,
+    kv_lengths: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    window: int,
+    global_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _require(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "q, k, v must be 4-D")
+    _require(k.dtype == q.dtype and v.dtype == q.dtype, "q, k, v dtypes differ")
+    _require(q.dtype in (torch.bfloat16, torch.float16), "bf16 or fp16 only")
+    _require(k.shape == v.shape, "k and v shapes differ")
+    _require(q.shape[3] == k.shape[3], "q and k head dims differ")
+    _require(q.shape[1] % k.shape[1] == 0, "heads must be a multiple of kv_heads")
+    for mask in (kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices):
+        _require(mask.dtype == torch.int32, "block mask tensors must be int32")
+    batch, heads, q_len, head_dim = q.shape
+    out = q.new_empty(batch, heads, q_len, head_dim)
+    lse = q.new_empty(batch, heads, q_len, dtype=torch.float32)
+    return out, lse
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block_mask: BlockMask,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention forward on an H100.
+
+    q: [B, Hq, Sq, D]; k, v: [B, Hkv, Sk, D], bf16 or fp16, D in {64, 128}, head_dim contiguous.
+    block_mask: compiled with 128-token blocks for these shapes, on q's device; its element mask
+    applies inside partial blocks only, and keys past its kv_lengths are never seen.
+    Returns (out [B, Hq, Sq, D] in q's dtype, lse [B, Hq, Sq] float32, natural log; rows that
+    see no key give 0 and -inf).
+    """
+    if block_mask.block_size != BLOCK_SIZE:
+        raise ValueError(
+            f"the sparse kernel needs {BLOCK_SIZE}-token blocks, got {block_mask.block_size}"
+        )
+    element = block_mask.element_mask
+    result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(
+        q,
+        k,
+        v,
+        block_mask.kv_num_blocks,
+        block_mask.kv_indices,
+        block_mask.full_kv_num_blocks,
+        block_mask.full_kv_indices,
+        element.document_ids,
+        element.kv_lengths,
+        scale if scale is not None else q.shape[-1] ** -0.5,
+        element.causal,
+        -1 if element.window is None else element.window,
+        element.global_tokens,
+    )
+    return result

@@ -1,0 +1,238 @@
+"""The sparse kernel against the float64 reference on a grid of shapes and every pattern."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch.nn import functional
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from sas_runtime.block_mask import BlockMask, ElementMask, compile_block_mask
+from sas_runtime.config import PatternConfig, PatternType
+from sas_runtime.kernels import ops
+from sas_runtime.kernels.reference import block_sparse_attention_reference, visible_keys
+
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("kernels_loaded")]
+
+DEVICE = torch.device("cuda")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    pattern: PatternConfig
+    padded: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _pattern(kind: PatternType, **fields: int) -> PatternConfig:
+    return PatternConfig(type=kind, block_size=128, **fields)
+
+
+DENSE = _pattern(PatternType.DENSE)
+CASES = [
+    Case("dense-256-d128", 1, 2, 2, 256, 256, 128, DENSE),
+    Case("dense-ragged-300-d64", 2, 4, 2, 300, 300, 64, DENSE),
+    Case("dense-q200-kv700-gqa4", 1, 8, 2, 200, 700, 128, DENSE),
+    Case("causal-517-d128", 2, 2, 1, 517, 517, 128, _pattern(PatternType.CAUSAL)),
+    Case("causal-1024-d64", 1, 4, 4, 1024, 1024, 64, _pattern(PatternType.CAUSAL)),
+    Case("window-700", 1, 2, 2, 700, 700, 128, _pattern(PatternType.WINDOW, window=200)),
+    Case(
+        "global-window-1000",
+        2,
+        2,
+        1,
+        1000,
+        1000,
+        64,
+        _pattern(PatternType.GLOBAL_WINDOW, window=150, global_tokens=128),
+    ),
+    Case("dilated-1000", 1, 4, 2, 1000, 1000, 128, _pattern(PatternType.DILATED, dilation=3)),
+    Case("document-600", 2, 2, 2, 600, 600, 128, _pattern(PatternType.DOCUMENT)),
+    Case("topk-900", 1, 4, 1, 900, 900, 64, _pattern(PatternType.TOPK, top_k=2)),
+    Case("causal-padded-650", 3, 2, 2, 650, 650, 128, _pattern(PatternType.CAUSAL), padded=True),
+]
+
+
+def _inputs(case: Case, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(heads: int, length: int) -> torch.Tensor:
+        return torch.randn(case.batch, heads, length, case.head_dim, device=DEVICE, dtype=dtype)
+
+    return (
+        draw(case.heads, case.q_len),
+        draw(case.kv_heads, case.kv_len),
+        draw(case.kv_heads, case.kv_len),
+    )
+
+
+def _mask(case: Case, q: torch.Tensor, k: torch.Tensor) -> BlockMask:
+    documents = None
+    if case.pattern.type is PatternType.DOCUMENT:
+        cuts = torch.randint(1, case.kv_len, (case.batch, 3), device=DEVICE)
+        positions = torch.arange(case.kv_len, device=DEVICE)
+        documents = (positions[None, None, :] >= cuts[:, :, None]).sum(dim=1).to(torch.int32)
+    lengths = None
+    if case.padded:
+        lengths = torch.randint(1, case.kv_len + 1, (case.batch,), device=DEVICE)
+    return compile_block_mask(
+        case.pattern,
+        batch=case.batch,
+        q_len=case.q_len,
+        kv_len=case.kv_len,
+        kv_lengths=lengths,
+        document_ids=documents,
+        q=q,
+        k=k,
+        device=DEVICE,
+    )
+
+
+def _random_mask(batch: int, heads: int, q_len: int, kv_len: int, density: float) -> BlockMask:
+    """Random full and partial blocks (partial ones cut by a causal element mask), some rows
+    empty."""
+    q_blocks, kv_blocks = -(-q_len // 128), -(-kv_len // 128)
+    draw = torch.rand(batch, heads, q_blocks, kv_blocks, device=DEVICE)
+    visited = draw < density
+    visited[:, :, 0] = False  # the first query block of every row sees nothing
+    partial = visited & (draw < density / 2)
+    return BlockMask.from_block_grids(
+        partial_blocks=partial,
+        full_blocks=visited & ~partial,
+        element_mask=ElementMask(causal=True),
+        block_size=128,
+        q_len=q_len,
+        kv_len=kv_len,
+    )
+
+
+def _sdpa_max_error(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, ref: torch.Tensor
+) -> float:
+    """cuDNN SDPA's max error on the same problem (memory-efficient SDPA where cuDNN cannot
+    take the boolean mask), over rows that see at least one key."""
+    visible = visible_keys(mask.to(torch.device("cpu")), batch=q.shape[0], heads=q.shape[1])
+    seen = visible.any(dim=-1)
+    grouped = q.shape[1] != k.shape[1]
+    if bool(visible.all()):
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            out = functional.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
+    else:
+        attn_mask = (visible | ~seen[..., None]).to(DEVICE)
+        k_full = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v_full = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            out = functional.scaled_dot_product_attention(q, k_full, v_full, attn_mask=attn_mask)
+    return float((out.double().cpu() - ref)[seen].abs().max())
+
+
+def _check(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask
+) -> tuple[float, float, float]:
+    out, lse = ops.block_sparse_attention(q, k, v, block_mask=mask)
+    torch.cuda.synchronize()
+    ref_out, ref_lse = block_sparse_attention_reference(q, k, v, block_mask=mask)
+    assert out.shape == q.shape
+    assert out.dtype == q.dtype
+    assert lse.shape == q.shape[:3]
+    assert lse.dtype == torch.float32
+    assert bool(torch.isfinite(out).all()), "output has NaN/inf"
+    error = out.double().cpu() - ref_out
+    rmse = float(error.pow(2).mean().sqrt())
+    max_error = float(error.abs().max())
+    seen = torch.isfinite(ref_lse)
+    lse_cpu = lse.double().cpu()
+    assert bool((lse_cpu[~seen] == -torch.inf).all()), "rows that see no key must give -inf"
+    assert bool((out.cpu()[~seen] == 0).all()), "rows that see no key must give 0"
+    torch.testing.assert_close(lse_cpu[seen], ref_lse[seen], rtol=0, atol=2e-3)
+    baseline = _sdpa_max_error(q, k, v, mask, ref_out) if bool(seen.any()) else 0.0
+    assert rmse <= 1e-3, f"rmse {rmse:.2e}"
+    assert max_error <= 2 * baseline + 1e-6, f"max error {max_error:.2e} vs SDPA {baseline:.2e}"
+    return rmse, max_error, baseline
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_patterns_match_reference(case: Case, dtype: torch.dtype) -> None:
+    torch.manual_seed(hash(case.name) % 2**31)
+    q, k, v = _inputs(case, dtype)
+    _check(q, k, v, _mask(case, q, k))
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.1])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_random_block_masks_with_empty_rows(density: float, head_dim: int) -> None:
+    torch.manual_seed(int(density * 100) + head_dim)
+    case = Case("random", 2, 4, 2, 1100, 1100, head_dim, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    _check(q, k, v, _random_mask(2, 4, 1100, 1100, density))
+
+
+def test_same_inputs_give_identical_outputs() -> None:
+    torch.manual_seed(7)
+    case = Case("repeat", 2, 8, 2, 2048, 2048, 128, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    mask = _random_mask(2, 8, 2048, 2048, 0.5)
+    first = ops.block_sparse_attention(q, k, v, block_mask=mask)
+    for _ in range(3):
+        again = ops.block_sparse_attention(q, k, v, block_mask=mask)
+        assert torch.equal(first[0], again[0])
+        assert torch.equal(first[1], again[1])
+
+
+def test_non_contiguous_bshd_inputs() -> None:
+    torch.manual_seed(3)
+    q, k, v = (
+        torch.randn(2, 384, 4, 128, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2)
+        for _ in range(3)
+    )
+    mask = compile_block_mask(
+        _pattern(PatternType.CAUSAL), batch=2, q_len=384, kv_len=384, device=DEVICE
+    )
+    _check(q, k, v, mask)
+
+
+def test_opcheck() -> None:
+    torch.manual_seed(5)
+    case = Case("opcheck", 1, 4, 2, 300, 300, 64, DENSE)
+    q, k, v = _inputs(case, torch.float16)
+    mask = _mask(Case("c", 1, 4, 2, 300, 300, 64, _pattern(PatternType.CAUSAL)), q, k)
+    args = (
+        q,
+        k,
+        v,
+        mask.kv_num_blocks,
+        mask.kv_indices,
+        mask.full_kv_num_blocks,
+        mask.full_kv_indices,
+        None,
+        None,
+        0.125,
+        True,
+        -1,
+        0,
+    )
+    torch.library.opcheck(torch.ops.sas.block_sparse_attention_fwd.default, args)
+
+
+def test_compiles_fullgraph() -> None:
+    torch.manual_seed(6)
+    case = Case("compile", 1, 2, 2, 256, 256, 128, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    mask = _mask(case, q, k)
+
+    @torch.compile(fullgraph=True)
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return ops.block_sparse_attention(q, k, v, block_mask=mask)[0] * 2
+
+    eager = ops.block_sparse_attention(q, k, v, block_mask=mask)[0] * 2
+    torch.testing.assert_close(attend(q, k, v), eager, rtol=0, atol=0)
