@@ -1,0 +1,161 @@
+"""The API server (CRD bounds and CEL rules) and the operator (pydantic) agree on what is valid.
+
+Each bad spec below breaks one rule; both sides must refuse it, and for a cross-field rule
+with the same message. The e2e tests send the same specs to a real API server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from crd_checks import admit
+from pydantic import ValidationError
+
+from sas_operator.crd import build_crd
+from sas_operator.reconcile import spec_problem
+from sas_operator.spec import SparseAttentionServiceSpec
+
+CRD = build_crd()
+
+BAD_SPECS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "window without size": (
+        {"attention": {"pattern": {"type": "window"}}},
+        "pattern type 'window' requires window",
+    ),
+    "global-window without globalTokens": (
+        {"attention": {"pattern": {"type": "global-window", "window": 256}}},
+        "pattern type 'global-window' requires window, globalTokens",
+    ),
+    "dilated without dilation": (
+        {"attention": {"pattern": {"type": "dilated"}}},
+        "pattern type 'dilated' requires dilation",
+    ),
+    "topk without topK": (
+        {"attention": {"pattern": {"type": "topk"}}},
+        "pattern type 'topk' requires topK",
+    ),
+    "globalTokens not a block multiple": (
+        {"attention": {"pattern": {"type": "global-window", "window": 256, "globalTokens": 100}}},
+        "pattern.globalTokens must be a multiple of blockSize",
+    ),
+    "window beyond the model": (
+        {
+            "model": {"maxSequenceLength": 512},
+            "attention": {"pattern": {"type": "window", "window": 1024}},
+        },
+        "attention.pattern.window must not exceed model.maxSequenceLength",
+    ),
+    "graph batch beyond maxBatchSize": (
+        {"batching": {"maxBatchSize": 16}},
+        "attention.cudaGraphs.batchSizes must not exceed batching.maxBatchSize",
+    ),
+    "repeated graph batch size": (
+        {"attention": {"cudaGraphs": {"batchSizes": [1, 2, 2]}}},
+        "cudaGraphs.batchSizes must not repeat a size",
+    ),
+    "burst below rate": (
+        {"rateLimit": {"requestsPerSecond": 500, "burst": 100}},
+        "rateLimit.burst must be at least requestsPerSecond",
+    ),
+    "queue shorter than a batch": (
+        {"batching": {"maxBatchSize": 64, "maxQueueDepth": 32}},
+        "batching.maxQueueDepth must be at least maxBatchSize",
+    ),
+    "path source without path": (
+        {"model": {"source": "path"}},
+        "model.path is required when source is 'path'",
+    ),
+    "builtin with a path": (
+        {"model": {"path": "/models/x"}},
+        "model.path must be empty when source is 'builtin-minilm' (it ships inside the image)",
+    ),
+    "pvc without path source": (
+        {"model": {"pvc": "models"}},
+        "model.pvc needs source 'path': the claim is mounted read-only at model.path",
+    ),
+    "autoscaling min above max": (
+        {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+        "autoscaling.minReplicas must not exceed maxReplicas",
+    ),
+    "rollout that cannot move": (
+        {"rollout": {"maxSurge": 0, "maxUnavailable": 0}},
+        "rollout.maxSurge and maxUnavailable cannot both be 0",
+    ),
+    "cuda without gpus": (
+        {"resources": {"gpus": 0}, "server": {"device": "cuda"}},
+        "server.device 'cuda' needs resources.gpus of at least 1",
+    ),
+    "operator-managed token file": (
+        {"server": {"authTokenFile": "/x"}},
+        "server.authTokenFile is set by the operator: use security.authSecretRef",
+    ),
+    "peer selecting nothing": (
+        {"security": {"allowFrom": [{}]}},
+        "each security.allowFrom entry needs a namespaceSelector or a podSelector",
+    ),
+    "too many GPUs": (
+        {"resources": {"gpus": 8}, "autoscaling": {"maxReplicas": 1024}},
+        "autoscaling.maxReplicas times resources.gpus must not exceed 4096 GPUs",
+    ),
+    "unknown GPU type": ({"resources": {"gpuType": "A100"}}, None),
+    "negative replicas": ({"replicas": -1}, None),
+    "unknown field": ({"replica": 2}, None),
+    "bad quantity": ({"resources": {"memory": "16 GB"}}, None),
+    "bad interval": ({"monitoring": {"serviceMonitor": {"interval": "soon"}}}, None),
+    "block size 96": ({"attention": {"pattern": {"blockSize": 96}}}, None),
+    "zero rmse bound": ({"attention": {"validation": {"maxRmse": 0}}}, None),
+    "relative model path": ({"model": {"source": "path", "path": "models/x"}}, None),
+}
+
+
+def _object(spec: dict[str, Any], name: str = "svc") -> dict[str, Any]:
+    return {
+        "apiVersion": "sparseattention.io/v1alpha1",
+        "kind": "SparseAttentionService",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_both_sides_refuse_a_bad_spec(case: str) -> None:
+    spec, message = BAD_SPECS[case]
+    refused_by_api = admit(CRD, _object(spec))
+    with pytest.raises(ValidationError) as refused_by_operator:
+        SparseAttentionServiceSpec.model_validate(spec)
+    assert refused_by_api, f"the API server would admit {case}"
+    if message is not None:
+        assert refused_by_api == [message]
+        assert message in str(refused_by_operator.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"attention": {"pattern": {"type": "global-window", "window": 256, "globalTokens": 128}}},
+        {
+            "model": {
+                "source": "path",
+                "path": "/models/bge",
+                "pvc": "models",
+                "maxSequenceLength": 512,
+            }
+        },
+        {"batching": {"maxBatchSize": 64}, "attention": {"cudaGraphs": {"batchSizes": [64, 1]}}},
+        {"resources": {"gpus": 0}, "server": {"device": "cpu"}},
+        {"security": {"allowFrom": [{"podSelector": {}}], "authSecretRef": {"name": "t"}}},
+        {"rollout": {"maxSurge": 0, "maxUnavailable": 1}, "autoscaling": {"maxReplicas": 4}},
+        {"rateLimit": {"requestsPerSecond": 0.5, "burst": 1}},
+    ],
+)
+def test_both_sides_admit_a_good_spec(spec: dict[str, Any]) -> None:
+    assert admit(CRD, _object(spec)) == []
+    SparseAttentionServiceSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize("name", ["9lives", "UPPER", "a" * 64, "dots.not.allowed"])
+def test_both_sides_refuse_a_name_that_cannot_name_a_service(name: str) -> None:
+    assert admit(CRD, _object({}, name)) != []
+    assert spec_problem(name, {})[1] is not None
