@@ -23,13 +23,14 @@ REAL_ENGINE = "sas_runtime.model_engine:build_engine"
 FAKE_ENGINE = "fake_engine:build_fake_engine"
 
 
-def real_engine_importable() -> bool:
-    """Whether the model-side engine (sas_runtime.model_engine) imports here."""
+def engine_under_test() -> str:
+    """The real engine (sas_runtime.model_engine, all-MiniLM-L6-v2) where it imports, else the
+    fake one."""
     try:
         importlib.import_module("sas_runtime.model_engine")
     except ImportError:
-        return False
-    return True
+        return FAKE_ENGINE
+    return REAL_ENGINE
 
 
 @pytest.fixture
@@ -59,11 +60,12 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
-def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+@pytest.fixture(scope="module")
+def start_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartRuntime]:
     """Start runtime processes (config as a dict, engine factory as module:function); each is
-    killed at teardown if still running."""
+    killed when the test module is done, if still running."""
     started: list[RuntimeProcess] = []
+    tmp_path = tmp_path_factory.mktemp("runtime")
 
     def start(config: dict[str, Any], *, engine: str, ready_within: float = 180) -> RuntimeProcess:
         index = len(started)

@@ -1,0 +1,74 @@
+"""SIGTERM on a real runtime process: readiness drops, new work gets 503, in-flight work
+finishes (or, past `drainSeconds`, is answered 503), and the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import httpx
+from conftest import RuntimeProcess, StartRuntime
+from prometheus_client.parser import text_string_to_metric_families
+
+SLOW_ENGINE = "fake_engine:build_slow_fake_engine"  # 50 ms per forward pass
+
+
+def _config(drain_seconds: int) -> dict[str, Any]:
+    return {
+        "batching": {"windowMicroseconds": 0, "maxBatchSize": 1},
+        "server": {"device": "cpu", "drainSeconds": drain_seconds},
+    }
+
+
+def _queue_depth(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sas_queue_depth":
+                return float(sample.value)
+    raise AssertionError("no sas_queue_depth in /metrics")
+
+
+async def _sigterm_with_work_in_flight(
+    runtime: RuntimeProcess, requests: int, texts: int
+) -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+    """Send `requests` embeddings requests, SIGTERM once all are queued, then probe."""
+    async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as client:
+        body = {"model": "fake-minilm", "input": [f"text {i}" for i in range(texts)]}
+        in_flight = [
+            asyncio.create_task(client.post("/v1/embeddings", json=body)) for _ in range(requests)
+        ]
+        for _ in range(1000):
+            if _queue_depth((await client.get("/metrics")).text) == requests:
+                break
+            await asyncio.sleep(0.005)
+        runtime.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        readyz = await client.get("/readyz")
+        late = await client.post("/v1/embeddings", json=body)
+        return list(await asyncio.gather(*in_flight)), readyz, late
+
+
+def test_sigterm_lets_in_flight_work_finish_then_exits_0(start_runtime: StartRuntime) -> None:
+    runtime = start_runtime(_config(drain_seconds=30), engine=SLOW_ENGINE)
+    answered, readyz, late = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, 4))
+    assert [r.status_code for r in answered] == [200] * 8
+    assert all(len(r.json()["data"]) == 4 for r in answered)
+    assert (readyz.status_code, readyz.json()) == (503, {"status": "draining"})
+    assert late.status_code == 503
+    assert late.json()["error"]["code"] == "draining"
+    assert runtime.process.wait(timeout=30) == 0
+    assert "Traceback" not in runtime.output()
+
+
+def test_work_past_the_drain_time_is_answered_503_and_the_exit_is_still_0(
+    start_runtime: StartRuntime,
+) -> None:
+    runtime = start_runtime(_config(drain_seconds=1), engine=SLOW_ENGINE)
+    answered, _, _ = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, 8))
+    statuses = [r.status_code for r in answered]
+    assert set(statuses) == {200, 503}, statuses
+    for response in answered:
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "draining"
+    assert runtime.process.wait(timeout=30) == 0
