@@ -18,7 +18,7 @@ from sas_runtime.block_mask import compile_block_mask, pattern_needs_scores
 from sas_runtime.config import PatternConfig, PatternType
 from sas_runtime.model_files import BertConfig, ModelDirectoryError, PoolingMode
 
-__all__ = ["BertEncoder", "SentenceEncoder", "pool_embeddings"]
+__all__ = ["BertEmbeddings", "BertEncoder", "BertLayer", "SentenceEncoder", "pool_embeddings"]
 
 # Hugging Face BertModel parameter names -> ours.
 _WEIGHT_NAMES: list[tuple[re.Pattern[str], str]] = [

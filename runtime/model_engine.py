@@ -36,7 +36,14 @@ from sas_runtime.model_files import (
     read_model_directory,
 )
 
-__all__ = ["ATTENTION_DTYPES", "EngineStartError", "ModelEngine", "build_engine", "choose_device"]
+__all__ = [
+    "ATTENTION_DTYPES",
+    "EngineStartError",
+    "ModelEngine",
+    "build_engine",
+    "check_attention_input",
+    "choose_device",
+]
 
 ATTENTION_DTYPES: frozenset[torch.dtype] = frozenset({torch.float16, torch.bfloat16, torch.float32})
 """Dtypes /v1/attention accepts for q, k and v."""
