@@ -11,7 +11,7 @@ CACHE_DIR ?= $(HOME)/.cache/sparse-attention-operator
 export PIP_CACHE_DIR := $(CACHE_DIR)/pip
 EXTRAS := operator,runtime,dev,kernels-build
 
-.PHONY: help venv lint typecheck test test-unit test-e2e crds demo clean tools
+.PHONY: help venv lint typecheck test test-unit test-e2e crds demo clean tools lint-tools
 
 help:
 	@echo "make demo   run the operator end to end on the embedded local cluster"
@@ -55,7 +55,18 @@ tools: venv
 test-e2e: tools
 	CACHE_DIR=$(CACHE_DIR) $(BIN)/pytest -m e2e
 
-test: lint typecheck tools
+# checkov and hadolint (tests run them on the chart, the rendered manifests and the Dockerfile)
+# live in their own venv under the cache: checkov's dependencies conflict with ours.
+LINT_VENV := $(CACHE_DIR)/lint-venv
+$(LINT_VENV)/.installed: hack/lint/requirements.txt
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet --upgrade pip==25.3
+	$(LINT_VENV)/bin/pip install --quiet -r hack/lint/requirements.txt
+	touch $@
+
+lint-tools: $(LINT_VENV)/.installed
+
+test: lint typecheck tools lint-tools
 	CACHE_DIR=$(CACHE_DIR) $(BIN)/pytest
 
 clean:

@@ -15,16 +15,15 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
-from chart.tools import REPO, lint_tool
-
+from hack.lint.tools import checkov, lint_tool
 from sas_operator.render import CONFIG_DIR, CONFIG_FILE, render
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import SparseAttentionServiceSpec
 from sas_runtime.config import ServerConfig
 from sas_runtime.kernels.build import LIBRARY_NAME
 
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 DIGEST_PINNED = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
@@ -113,28 +112,8 @@ def test_hadolint_reports_a_known_bad_dockerfile(tmp_path: Path) -> None:
     assert {"DL3006", "DL3008"} <= codes
 
 
-def checkov_dockerfile(path: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [
-            str(lint_tool("checkov")),
-            "--file",
-            str(path),
-            "--framework",
-            "dockerfile",
-            "--skip-download",
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
 def test_checkov_passes_with_every_skip_explained() -> None:
-    report = checkov_dockerfile(DOCKERFILE)
+    report = checkov(DOCKERFILE, "dockerfile")
     assert report["summary"]["failed"] == 0, report["results"]["failed_checks"]
     assert report["summary"]["passed"] > 50
     for skipped in report["results"]["skipped_checks"]:

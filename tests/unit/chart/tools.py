@@ -44,14 +44,6 @@ def helm() -> Path:
     return path
 
 
-def lint_tool(name: str) -> Path:
-    """A binary of the security-linter venv (checkov, hadolint) under the cache."""
-    path = cluster_tools.cache_dir() / "lint-venv" / "bin" / name
-    if not path.exists():
-        pytest.fail(f"{name} is not installed ({path}): run `make lint-tools`")
-    return path
-
-
 def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
     """Run helm on the chart; helm's notice about the files/crds link is dropped from stderr."""
     result = subprocess.run(

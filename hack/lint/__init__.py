@@ -1,0 +1,1 @@
+"""Security linters (checkov, hadolint) kept in their own venv under the project's cache."""
