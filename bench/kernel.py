@@ -193,16 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"cannot run the kernel: {reason}", file=sys.stderr)
         return 1
-    rows = []
+    result: dict[str, Any] = {
+        "environment": environment([sys.executable, *sys.argv]),
+        "rows": [],
+    }
     for head_dim in (int(d) for d in args.head_dims.split(",")):
         for seq_len in (int(s) for s in args.seq_lens.split(",")):
-            rows += bench_shape(
+            result["rows"] += bench_shape(
                 seq_len, head_dim, args.heads, args.masks.split(","), not args.no_flex
             )
-    result = {"environment": environment([sys.executable, *sys.argv]), "rows": rows}
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+            if args.out is not None:  # after every shape, so a cut-short run keeps its rows
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(result, indent=1))
     return 0
 
 
