@@ -25,6 +25,7 @@ ADMIN_USER = "admin"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 PR_SET_PDEATHSIG = 1
+EC_KEY = ("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out")
 
 
 class ClusterError(RuntimeError):
@@ -182,12 +183,12 @@ class LocalCluster:
         def openssl(*args: str) -> None:
             subprocess.run(["openssl", *args], cwd=self.pki, check=True, capture_output=True)
 
-        openssl("genrsa", "-out", "ca.key", "2048")
+        openssl(*EC_KEY, "ca.key")
         openssl(
             "req", "-x509", "-new", "-key", "ca.key", "-days", "2", "-subj", "/CN=local-ca",
             "-out", "ca.crt",
         )  # fmt: skip
-        openssl("genrsa", "-out", "apiserver.key", "2048")
+        openssl(*EC_KEY, "apiserver.key")
         openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver", "-out", "apiserver.csr")  # fmt: skip
         sans = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,IP:10.96.0.1"
         (self.pki / "san.ext").write_text(sans + "\n")
@@ -195,7 +196,7 @@ class LocalCluster:
             "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "apiserver.crt",
         )  # fmt: skip
-        openssl("genrsa", "-out", "service-account.key", "2048")
+        openssl(*EC_KEY, "service-account.key")
 
     def _write_auth(self) -> None:
         (self.workdir / "tokens.csv").write_text(

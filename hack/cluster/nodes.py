@@ -31,11 +31,7 @@ def _node(name: str, labels: dict[str, str], resources: dict[str, str]) -> dict[
             },
         },
         "spec": {},
-        "status": {
-            "capacity": resources,
-            "allocatable": resources,
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
-        },
+        "status": {"capacity": resources, "allocatable": resources},
     }
 
 
