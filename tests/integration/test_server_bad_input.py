@@ -13,7 +13,8 @@ import httpx
 import pytest
 import safetensors.torch
 import torch
-from conftest import RuntimeProcess, StartRuntime, engine_under_test
+
+from tests.runtime_process import RuntimeProcess, StartRuntime, engine_under_test
 
 CONFIG: dict[str, Any] = {
     "model": {"longInputs": "reject"},

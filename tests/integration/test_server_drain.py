@@ -8,10 +8,9 @@ import signal
 from typing import Any
 
 import httpx
-from conftest import RuntimeProcess, StartRuntime
 from prometheus_client.parser import text_string_to_metric_families
 
-SLOW_ENGINE = "fake_engine:build_slow_fake_engine"  # 50 ms per forward pass
+from tests.runtime_process import SLOW_FAKE_ENGINE, RuntimeProcess, StartRuntime
 
 
 def _config(drain_seconds: int) -> dict[str, Any]:
@@ -50,7 +49,7 @@ async def _sigterm_with_work_in_flight(
 
 
 def test_sigterm_lets_in_flight_work_finish_then_exits_0(start_runtime: StartRuntime) -> None:
-    runtime = start_runtime(_config(drain_seconds=30), engine=SLOW_ENGINE)
+    runtime = start_runtime(_config(drain_seconds=30), engine=SLOW_FAKE_ENGINE)
     answered, readyz, late = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, 4))
     assert [r.status_code for r in answered] == [200] * 8
     assert all(len(r.json()["data"]) == 4 for r in answered)
@@ -64,7 +63,7 @@ def test_sigterm_lets_in_flight_work_finish_then_exits_0(start_runtime: StartRun
 def test_work_past_the_drain_time_is_answered_503_and_the_exit_is_still_0(
     start_runtime: StartRuntime,
 ) -> None:
-    runtime = start_runtime(_config(drain_seconds=1), engine=SLOW_ENGINE)
+    runtime = start_runtime(_config(drain_seconds=1), engine=SLOW_FAKE_ENGINE)
     answered, _, _ = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, 8))
     statuses = [r.status_code for r in answered]
     assert set(statuses) == {200, 503}, statuses

@@ -8,8 +8,9 @@ from collections import Counter
 from typing import Any
 
 import httpx
-from conftest import StartRuntime, engine_under_test
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.runtime_process import StartRuntime, engine_under_test
 
 CONFIG: dict[str, Any] = {
     "attention": {"backend": "dense"},

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from fake_engine import FakeEngine, eventually
 
 from sas_runtime.app import create_app, serving_state
 from sas_runtime.config import RuntimeConfig
 from sas_runtime.tensor_codec import encode_payload
+from tests.fake_engine import FakeEngine, eventually
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 import numpy as np
 import pytest
 import torch
-from fake_engine import REFUSED_WORD, FakeEngine, eventually
 
 from sas_runtime.batcher import (
     Batcher,
@@ -20,6 +19,7 @@ from sas_runtime.batcher import (
 from sas_runtime.config import BatchingConfig, PatternConfig, PatternType
 from sas_runtime.engine import AttentionInput
 from sas_runtime.metrics import RuntimeMetrics
+from tests.fake_engine import REFUSED_WORD, FakeEngine, eventually
 
 
 def _texts(words: int) -> str:

@@ -1,0 +1,98 @@
+"""A real runtime process for integration tests and the demo: `python -m sas_runtime serve` on
+a free loopback port, with the engine under test."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_ENGINE = "sas_runtime.model_engine:build_engine"
+FAKE_ENGINE = "tests.fake_engine:build_fake_engine"
+SLOW_FAKE_ENGINE = "tests.fake_engine:build_slow_fake_engine"
+
+
+def engine_under_test() -> str:
+    """The real engine (sas_runtime.model_engine, all-MiniLM-L6-v2) where it imports, else the
+    fake one."""
+    try:
+        importlib.import_module("sas_runtime.model_engine")
+    except ImportError:
+        return FAKE_ENGINE
+    return REAL_ENGINE
+
+
+class RuntimeStartError(Exception):
+    """The process exited or never became ready; the message holds its output."""
+
+
+@dataclass
+class RuntimeProcess:
+    """`python -m sas_runtime serve` running on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Kill the process if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+StartRuntime = Callable[..., RuntimeProcess]
+"""The `start_runtime` fixture: `start(config, engine=...)` -> a ready RuntimeProcess."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_runtime_process(
+    config: dict[str, Any], *, engine: str, workdir: Path, ready_within: float = 180
+) -> RuntimeProcess:
+    """Write `config` under `workdir`, start the runtime, wait until /readyz answers 200."""
+    config_file = workdir / "runtime.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    log = workdir / "runtime.log"
+    url = f"http://127.0.0.1:{free_port()}"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *sys.path])}
+    command = [sys.executable, "-m", "sas_runtime", "serve", "--config", str(config_file)]
+    command += ["--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--engine", engine]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+        )
+    runtime = RuntimeProcess(process, url, log)
+    give_up = time.monotonic() + ready_within
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            raise RuntimeStartError(
+                f"runtime exited with {process.returncode}:\n{runtime.output()}"
+            )
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return runtime
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    runtime.stop()
+    raise RuntimeStartError(f"runtime not ready within {ready_within} s:\n{runtime.output()}")
