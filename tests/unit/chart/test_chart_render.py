@@ -194,10 +194,26 @@ def test_defaults_name_the_chart_version_images_and_peering_object() -> None:
     assert "POD_NAMESPACE" in {item["name"] for item in container["env"]}
 
 
-def test_optional_objects_are_off_by_default() -> None:
+def test_optional_objects_are_off_by_default_and_network_policy_on() -> None:
     kinds = {m["kind"] for m in render()}
-    assert not kinds & {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "Role", "ConfigMap"}
-    assert "Deployment" in kinds
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "Role", "ConfigMap"}
+    assert {"Deployment", "NetworkPolicy"} <= kinds
+    assert "NetworkPolicy" not in {m["kind"] for m in render({"networkPolicy": {"enabled": False}})}
+
+
+def test_network_policy_admits_only_the_metrics_port() -> None:
+    (policy,) = find(render(), "NetworkPolicy")
+    (deployment,) = find(render(), "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    (policy,) = find(render(VALUE_SETS["network-policy"]), "NetworkPolicy")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
 
 
 def test_monitoring_objects_render_when_switched_on() -> None:
