@@ -240,12 +240,14 @@ def compile_block_mask(
     document_ids: [batch, kv_len] integer document of each position (pattern 'document' only).
     q: [batch, heads, q_len, head_dim], k: [batch, kv_heads, kv_len, head_dim] (pattern 'topk'
     only; the mask then has one row of blocks per query head).
+    device: where the mask lives; default: that of q, kv_lengths or document_ids, else the CPU.
     Raises ValueError when the inputs cannot carry the pattern.
     """
     if q_len < 1 or kv_len < 1:
         raise ValueError(f"q_len and kv_len must be at least 1, got {q_len} and {kv_len}")
     if device is None:
-        device = q.device if q is not None else torch.device("cpu")
+        given = [t.device for t in (q, kv_lengths, document_ids) if t is not None]
+        device = given[0] if given else torch.device("cpu")
     block_size = pattern.block_size
     lengths = _checked_kv_lengths(kv_lengths, batch, kv_len, device)
     documents = _checked_document_ids(pattern, document_ids, batch, q_len, kv_len, device)

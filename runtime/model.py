@@ -115,6 +115,7 @@ class _Attend:
         self.pattern = pattern
         self.batch = lengths.shape[0]
         self.length = max_length
+        self.device = lengths.device
         self.kv_lengths = None if bool((lengths == max_length).all()) else lengths
         # A text is one document: 'document' over a text is all-zero document ids.
         self.document_ids = (
@@ -136,7 +137,7 @@ class _Attend:
             document_ids=self.document_ids,
             q=q,
             k=k,
-            device=q.device if q is not None else None,
+            device=self.device,
         )
         return self.backend.build_metadata(block_mask)
 
