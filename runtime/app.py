@@ -17,7 +17,7 @@ import torch
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -79,10 +79,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class OrjsonResponse(Response):
+class OrjsonResponse(JSONResponse):
     """JSON response serialised by orjson (numpy arrays included)."""
-
-    media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -333,7 +331,7 @@ def create_app(
     app.add_middleware(_AdmissionMiddleware, state=state)
     _add_error_handlers(app, state)
     _add_routes(app, state)
-    app.openapi = _openapi_with_attention_body(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, served_model=engine.info.model)  # type: ignore[method-assign]
     return app
 
 
@@ -587,9 +585,9 @@ def _attention_from_safetensors(body: bytes, limit: int) -> _Tensors:
     return tensors["q"], tensors["k"], tensors["v"], tensors.get("document_ids"), pattern
 
 
-def _openapi_with_attention_body(app: FastAPI) -> Callable[[], dict[str, Any]]:
+def _openapi(app: FastAPI, *, served_model: str) -> Callable[[], dict[str, Any]]:
     """The OpenAPI document, with /v1/attention's two request forms (its route reads the raw
-    body, so FastAPI cannot describe it)."""
+    body, so FastAPI cannot describe it) and the one model name this app serves."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -601,6 +599,7 @@ def _openapi_with_attention_body(app: FastAPI) -> Callable[[], dict[str, Any]]:
             for name, definition in request_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)
             components["AttentionRequest"] = request_schema
+            components["EmbeddingsRequest"]["properties"]["model"]["enum"] = [served_model]
             schema["paths"]["/v1/attention"]["post"]["requestBody"] = {
                 "required": True,
                 "content": {
