@@ -66,12 +66,14 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def on_service(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+def on_service(name: str, namespace: str | None, memo: kopf.Memo, reason: str, **_: Any) -> None:
     """A service appeared or changed: reconcile it. A dependency that may still appear (a
     Secret, a claim) retries slowly; a spec that can never work waits for the next edit."""
+    if namespace is None:
+        return
     reconciler: Reconciler = memo.reconciler
-    outcome = reconciler.reconcile(body, trigger=str(reason))
-    if outcome.retry_after is not None and outcome.problem is not None:
+    outcome = reconciler.reconcile(namespace, name, trigger=str(reason))
+    if outcome is not None and outcome.retry_after is not None and outcome.problem is not None:
         raise kopf.TemporaryError(outcome.problem.message, delay=outcome.retry_after)
 
 
@@ -82,10 +84,7 @@ def on_owned_deployment(meta: kopf.Meta, namespace: str | None, memo: kopf.Memo,
     if owner is None or namespace is None:
         return
     reconciler: Reconciler = memo.reconciler
-    body = reconciler.cluster.get(API_VERSION, KIND, namespace, owner)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
-    reconciler.reconcile(body, trigger="deployment")
+    reconciler.reconcile(namespace, owner, trigger="deployment")
 
 
 def resync_all(reconciler: Reconciler) -> int:
@@ -94,13 +93,12 @@ def resync_all(reconciler: Reconciler) -> int:
     count = 0
     for namespace in namespaces:
         for body in reconciler.cluster.list(API_VERSION, KIND, namespace, {}):
-            if body["metadata"].get("deletionTimestamp"):
-                continue
+            meta = body["metadata"]
             try:
-                reconciler.reconcile(body, trigger="resync")
+                if reconciler.reconcile(meta["namespace"], meta["name"], trigger="resync"):
+                    count += 1
             except Exception:
-                logger.exception("resync of %s/%s failed", namespace, body["metadata"]["name"])
-            count += 1
+                logger.exception("resync of %s/%s failed", meta["namespace"], meta["name"])
     return count
 
 

@@ -98,16 +98,23 @@ class Reconciler:
         default_factory=lambda: defaultdict(threading.Lock)
     )
 
-    def reconcile(self, body: Mapping[str, Any], *, trigger: str) -> ReconcileOutcome:
-        """Bring the children of the service `body` in line with its spec, write its status if
-        it changed, post events for what changed; `trigger` labels the metrics."""
-        meta = body["metadata"]
+    def reconcile(self, namespace: str, name: str, *, trigger: str) -> ReconcileOutcome | None:
+        """Bring the children of service `namespace/name` in line with its spec, write its
+        status if it changed, post events for what changed; `trigger` labels the metrics.
+
+        The service is read afresh (a handler's body may predate the last status write);
+        None when it no longer exists or is being deleted.
+        """
         started = time.perf_counter()
         try:
-            with self._locks[(meta["namespace"], meta["name"])]:
+            with self._locks[(namespace, name)]:
+                body = self.cluster.get(API_VERSION, KIND, namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return None
+                meta = body["metadata"]
                 outcome = self._reconcile(
-                    meta["name"],
-                    meta["namespace"],
+                    name,
+                    namespace,
                     meta["uid"],
                     int(meta.get("generation") or 0),
                     body.get("spec") or {},

@@ -49,9 +49,7 @@ def _exercise(cluster: FakeCluster) -> None:
     ]
     for spec in steps:
         cluster.objects[key].theirs["spec"] = spec
-        body = cluster.get(*key)
-        assert body is not None
-        reconciler.reconcile(body, trigger="rbac")
+        reconciler.reconcile("ml", "minilm", trigger="rbac")
         make_deployment_ready(cluster, "ml", "minilm")
 
 

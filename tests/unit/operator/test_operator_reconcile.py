@@ -37,9 +37,9 @@ def _reconciler(cluster: FakeCluster, backend: BackendReport | None = None) -> R
 
 
 def _reconcile(reconciler: Reconciler, key: tuple[str, str, str, str]) -> Any:
-    body = reconciler.cluster.get(*key)
-    assert body is not None
-    return reconciler.reconcile(body, trigger="test")
+    outcome = reconciler.reconcile(key[2], key[3], trigger="test")
+    assert outcome is not None
+    return outcome
 
 
 def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -199,3 +199,14 @@ def test_metrics_count_reconciles_and_writes() -> None:
     )
     assert registry.get_sample_value("sas_operator_writes_total", {"kind": "applied"}) == 4
     assert registry.get_sample_value("sas_operator_writes_total", {"kind": "status"}) == 1
+
+
+def test_a_service_that_is_gone_or_going_is_left_alone() -> None:
+    cluster = FakeCluster()
+    reconciler = _reconciler(cluster)
+    assert reconciler.reconcile("ml", "absent", trigger="test") is None
+    key = sas_object(cluster, {})
+    cluster.edit(key, {"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})
+    cluster.calls.clear()
+    assert reconciler.reconcile("ml", "minilm", trigger="test") is None
+    assert cluster.writes() == []
