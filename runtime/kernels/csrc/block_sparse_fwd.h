@@ -1,11 +1,12 @@
 // The block-sparse attention forward kernel for sm_90a and its launcher: one CTA per
-// (query block, head, batch), two consumer warpgroups of 64 query rows each, K/V blocks fetched
-// by index with TMA into a `kStages`-deep ring that runs ahead of the tensor cores.
+// (query block, head, batch), warp-specialised: a producer warpgroup fetches Q and the listed K/V
+// blocks by index with TMA into a `kStages`-deep ring, two consumer warpgroups of 64 query rows
+// each run the WGMMAs and the softmax, and mbarriers hand stages back and forth.
 #pragma once
 
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
-#include <cutlass/cluster_launch.hpp>
+#include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/device_kernel.h>
 
 #include <stdexcept>
@@ -22,16 +23,97 @@ namespace sas {
 
 using namespace cute;
 
+// The consumer warpgroups: for each listed block, S = Q K^T, mask (partial and tail blocks only),
+// online softmax, O += P V; each stage is released as soon as its last reader is done with it.
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, 1)
-    block_sparse_fwd_kernel(CUTLASS_GRID_CONSTANT KernelArgs<Traits> const args) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+CUTE_DEVICE void consume(BlockList const& blocks, typename Traits::SharedStorage& smem,
+                         BlockSparseFwdParams const& p, int m_block, int head, int batch,
+                         int thread) {
   using Element = typename Traits::Element;
-  using SharedStorage = typename Traits::SharedStorage;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kStages = Traits::kStages;
+
+  Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutVt{});
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(thread);
+  auto thr_pv = mma_pv.get_thread_slice(thread);
+  Tensor tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));  // (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_qk.make_fragment_B(thr_qk.partition_B(sK));  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.make_fragment_B(thr_pv.partition_B(sVt));  // (MMA, MMA_N, MMA_K, stage)
+
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  clear(tOrO);
+  Tensor tOrO_rc = make_tensor(tOrO.data(), accumulator_rows_cols(tOrO.layout()));
+
+  Tensor cS = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});
+  Tensor tScS = thr_qk.partition_C(cS);
+  Tensor tScS_rc = make_tensor(tScS.data(), accumulator_rows_cols(tScS.layout()));
+  constexpr int kRows = decltype(size<0>(tScS_rc))::value;
+
+  OnlineSoftmax<kRows> softmax(p.scale_log2);
+  ElementRules rules{p.causal, p.window, p.global_tokens,
+                     p.document_ids == nullptr
+                         ? nullptr
+                         : p.document_ids + int64_t(batch) * p.document_batch_stride};
+  const int q_offset = m_block * kBlockM;
+  const int kv_len = p.kv_lengths == nullptr ? p.kv_len : min(p.kv_len, p.kv_lengths[batch]);
+
+  if (blocks.total > 0) {
+    TransactionBarrier::wait(&smem.barrier_q, 0);
+  }
+
+  CUTE_NO_UNROLL
+  for (int j = 0; j < blocks.total; ++j) {
+    const int stage = j % kStages;
+    const int phase = (j / kStages) & 1;
+    const int n_block = blocks.block(j);
+    const int kv_offset = n_block * kBlockN;
+
+    Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    TransactionBarrier::wait(&smem.full_k[stage], phase);
+    warpgroup_gemm<true, false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
+    ReleaseBarrier::arrive(&smem.empty_k[stage]);
+
+    Tensor tSrS_rc = make_tensor(tSrS.data(), accumulator_rows_cols(tSrS.layout()));
+    const bool crosses_end = n_block < 0 || kv_offset + kBlockN > kv_len;
+    if (blocks.is_partial(j)) {
+      apply_element_mask<true>(tSrS_rc, tScS_rc, q_offset, kv_offset, kv_len, rules, p.q_len);
+    } else if (crosses_end) {
+      apply_element_mask<false>(tSrS_rc, tScS_rc, q_offset, kv_offset, kv_len, rules, p.q_len);
+    }
+    softmax.step(tSrS_rc, tOrO_rc);
+
+    Tensor tOrP = make_tensor_like<Element>(tSrS);
+    CUTE_UNROLL
+    for (int i = 0; i < size(tSrS); ++i) {
+      tOrP(i) = Element(tSrS(i));
+    }
+    Tensor tOrP_a = make_tensor(tOrP.data(), accumulator_as_operand_a(tSrS.layout()));
+    TransactionBarrier::wait(&smem.full_v[stage], phase);
+    warpgroup_gemm<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, stage), tOrO);
+    ReleaseBarrier::arrive(&smem.empty_v[stage]);
+  }
+
+  float lse[kRows];
+  softmax.finish(tOrO_rc, lse);
+  Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  store_output<Traits>(tOrO, thr_pv.partition_C(cO), tScS_rc, lse, p, m_block, head, batch);
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    block_sparse_fwd_kernel(CUTLASS_GRID_CONSTANT KernelArgs<Traits> const args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using SharedStorage = typename Traits::SharedStorage;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
 
   extern __shared__ __align__(1024) char shared_memory[];
   SharedStorage& smem = *reinterpret_cast<SharedStorage*>(shared_memory);
@@ -72,8 +154,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
   Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutKV{});
-  Tensor sVt = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutVt{});
-
   auto [tQgQ, tQsQ] =
       tma_partition(args.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
   auto [tKgK, tKsK] =
@@ -84,92 +164,27 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   if (is_leader) {
     TransactionBarrier::init(&smem.barrier_q, 1);
     CUTE_UNROLL
-    for (int s = 0; s < kStages; ++s) {
-      TransactionBarrier::init(&smem.barrier_k[s], 1);
-      TransactionBarrier::init(&smem.barrier_v[s], 1);
+    for (int s = 0; s < Traits::kStages; ++s) {
+      TransactionBarrier::init(&smem.full_k[s], 1);
+      TransactionBarrier::init(&smem.full_v[s], 1);
+      ReleaseBarrier::init(&smem.empty_k[s], Traits::kConsumerThreads);
+      ReleaseBarrier::init(&smem.empty_v[s], Traits::kConsumerThreads);
     }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
 
-  if (is_leader && blocks.total > 0) {
-    TransactionBarrier::arrive_and_expect_tx(&smem.barrier_q, Traits::kQBytes);
-    copy(args.tma_q.with(smem.barrier_q), tQgQ, tQsQ);
-    for (int j = 0; j < kStages && j < blocks.total; ++j) {
-      KVProducer<Traits>::load(j, blocks, smem, args.tma_k, args.tma_v, tKgK, tKsK, tVgV, tVsV);
+  if (thread < 128) {
+    // Producer warpgroup: give registers to the consumers; one thread drives the TMA.
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
+    if (is_leader) {
+      KVProducer<Traits>::run(blocks, smem, args.tma_q, args.tma_k, args.tma_v, tQgQ, tQsQ, tKgK,
+                              tKsK, tVgV, tVsV);
     }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
+    consume<Traits>(blocks, smem, p, m_block, head, batch, thread - 128);
   }
-
-  typename Traits::TiledMmaQK mma_qk;
-  typename Traits::TiledMmaPV mma_pv;
-  auto thr_qk = mma_qk.get_thread_slice(thread);
-  auto thr_pv = mma_pv.get_thread_slice(thread);
-  Tensor tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));  // (MMA, MMA_M, MMA_K)
-  Tensor tSrK = thr_qk.make_fragment_B(thr_qk.partition_B(sK));  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrV = thr_pv.make_fragment_B(thr_pv.partition_B(sVt));  // (MMA, MMA_N, MMA_K, stage)
-
-  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-  clear(tOrO);
-  Tensor tOrO_rc = make_tensor(tOrO.data(), accumulator_rows_cols(tOrO.layout()));
-
-  Tensor cS = make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{});
-  Tensor tScS = thr_qk.partition_C(cS);
-  Tensor tScS_rc = make_tensor(tScS.data(), accumulator_rows_cols(tScS.layout()));
-  constexpr int kRows = decltype(size<0>(tScS_rc))::value;
-
-  OnlineSoftmax<kRows> softmax(p.scale_log2);
-  ElementRules rules{p.causal, p.window, p.global_tokens,
-                     p.document_ids == nullptr
-                         ? nullptr
-                         : p.document_ids + int64_t(batch) * p.document_batch_stride};
-  const int q_offset = m_block * kBlockM;
-  const int kv_len = p.kv_lengths == nullptr ? p.kv_len : min(p.kv_len, p.kv_lengths[batch]);
-
-  if (blocks.total > 0) {
-    TransactionBarrier::wait(&smem.barrier_q, 0);
-  }
-
-  CUTE_NO_UNROLL
-  for (int j = 0; j < blocks.total; ++j) {
-    const int stage = j % kStages;
-    const int phase = (j / kStages) & 1;
-    const int n_block = blocks.block(j);
-    const int kv_offset = n_block * kBlockN;
-
-    Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    TransactionBarrier::wait(&smem.barrier_k[stage], phase);
-    warpgroup_gemm<true, false>(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
-
-    Tensor tSrS_rc = make_tensor(tSrS.data(), accumulator_rows_cols(tSrS.layout()));
-    const bool crosses_end = n_block < 0 || kv_offset + kBlockN > kv_len;
-    if (blocks.is_partial(j)) {
-      apply_element_mask<true>(tSrS_rc, tScS_rc, q_offset, kv_offset, kv_len, rules, p.q_len);
-    } else if (crosses_end) {
-      apply_element_mask<false>(tSrS_rc, tScS_rc, q_offset, kv_offset, kv_len, rules, p.q_len);
-    }
-    softmax.step(tSrS_rc, tOrO_rc);
-
-    Tensor tOrP = make_tensor_like<Element>(tSrS);
-    CUTE_UNROLL
-    for (int i = 0; i < size(tSrS); ++i) {
-      tOrP(i) = Element(tSrS(i));
-    }
-    Tensor tOrP_a = make_tensor(tOrP.data(), accumulator_as_operand_a(tSrS.layout()));
-    TransactionBarrier::wait(&smem.barrier_v[stage], phase);
-    warpgroup_gemm<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, stage), tOrO);
-
-    // Every warpgroup is done with this stage: refill it with the block kStages ahead.
-    __syncthreads();
-    if (is_leader && j + kStages < blocks.total) {
-      KVProducer<Traits>::load(j + kStages, blocks, smem, args.tma_k, args.tma_v, tKgK, tKsK, tVgV,
-                               tVsV);
-    }
-  }
-
-  float lse[kRows];
-  softmax.finish(tOrO_rc, lse);
-  Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{});
-  store_output<Traits>(tOrO, thr_pv.partition_C(cO), tScS_rc, lse, p, m_block, head, batch);
 #endif
 }
 

@@ -23,24 +23,39 @@ struct BlockList {
   CUTE_DEVICE bool is_partial(int j) const { return j >= full_count; }
 };
 
-// One elected thread issues TMA copies; every consumer thread waits on the stage's barrier.
+using ReleaseBarrier = cutlass::arch::ClusterBarrier;
+
+// The producer: one thread of the producer warpgroup issues every TMA copy of the CTA, Q once,
+// then each listed K/V block into the ring, waiting for consumers to free a stage first.
 template <class Traits>
 struct KVProducer {
   using SharedStorage = typename Traits::SharedStorage;
   static constexpr int kStages = Traits::kStages;
 
-  template <class TmaK, class TmaV, class TKgK, class TKsK, class TVgV, class TVsV>
-  CUTE_DEVICE static void load(int j, BlockList const& blocks, SharedStorage& smem,
-                               TmaK const& tma_k, TmaV const& tma_v, TKgK const& tKgK,
-                               TKsK& tKsK, TVgV const& tVgV, TVsV& tVsV) {
-    const int stage = j % kStages;
-    // Out-of-range block indices are harmless: TMA fills what lies outside the tensor with
-    // zeros and the mask hides keys past kv_len.
-    const int n_block = blocks.block(j);
-    TransactionBarrier::arrive_and_expect_tx(&smem.barrier_k[stage], Traits::kKVBytes);
-    copy(tma_k.with(smem.barrier_k[stage]), tKgK(_, n_block), tKsK(_, stage));
-    TransactionBarrier::arrive_and_expect_tx(&smem.barrier_v[stage], Traits::kKVBytes);
-    copy(tma_v.with(smem.barrier_v[stage]), tVgV(_, n_block), tVsV(_, stage));
+  template <class TmaQ, class TmaK, class TmaV, class TQgQ, class TQsQ, class TKgK, class TKsK,
+            class TVgV, class TVsV>
+  CUTE_DEVICE static void run(BlockList const& blocks, SharedStorage& smem, TmaQ const& tma_q,
+                              TmaK const& tma_k, TmaV const& tma_v, TQgQ const& tQgQ, TQsQ& tQsQ,
+                              TKgK const& tKgK, TKsK& tKsK, TVgV const& tVgV, TVsV& tVsV) {
+    TransactionBarrier::arrive_and_expect_tx(&smem.barrier_q, Traits::kQBytes);
+    copy(tma_q.with(smem.barrier_q), tQgQ, tQsQ);
+    for (int j = 0; j < blocks.total; ++j) {
+      const int stage = j % kStages;
+      const int round = j / kStages;
+      // Out-of-range block indices are harmless: TMA fills what lies outside the tensor with
+      // zeros and the mask hides keys past kv_len.
+      const int n_block = blocks.block(j);
+      if (round > 0) {
+        ReleaseBarrier::wait(&smem.empty_k[stage], (round - 1) & 1);
+      }
+      TransactionBarrier::arrive_and_expect_tx(&smem.full_k[stage], Traits::kKVBytes);
+      copy(tma_k.with(smem.full_k[stage]), tKgK(_, n_block), tKsK(_, stage));
+      if (round > 0) {
+        ReleaseBarrier::wait(&smem.empty_v[stage], (round - 1) & 1);
+      }
+      TransactionBarrier::arrive_and_expect_tx(&smem.full_v[stage], Traits::kKVBytes);
+      copy(tma_v.with(smem.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
+    }
   }
 };
 

@@ -33,8 +33,12 @@ struct TileTraits {
   static constexpr int kBlockM = 128;  // query rows per CTA, 64 per consumer warpgroup
   static constexpr int kBlockN = 128;  // keys per mask block
   static constexpr int kStages = kHeadDim <= 64 ? 3 : 2;  // K/V ring depth
-  static constexpr int kWarpgroups = kBlockM / 64;
-  static constexpr int kThreads = 128 * kWarpgroups;
+  static constexpr int kWarpgroups = kBlockM / 64;  // consumer warpgroups
+  static constexpr int kConsumerThreads = 128 * kWarpgroups;
+  static constexpr int kThreads = kConsumerThreads + 128;  // + one producer warpgroup
+  // setmaxnreg budgets: the producer only issues TMA; consumers hold S, P and O fragments.
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = 240;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128 are instantiated");
 
   using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;  // (M, N, K=D)
@@ -66,8 +70,10 @@ struct TileTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> v;
     alignas(8) uint64_t barrier_q;
-    uint64_t barrier_k[kStages];
-    uint64_t barrier_v[kStages];
+    uint64_t full_k[kStages];   // TMA landed (transaction count)
+    uint64_t full_v[kStages];
+    uint64_t empty_k[kStages];  // every consumer thread is done reading the stage
+    uint64_t empty_v[kStages];
   };
 
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(Element));
