@@ -1,0 +1,105 @@
+"""The kernel build: generated instantiations, env knobs, and a real nvcc compile for sm_90a.
+
+The compile test builds the extension with the cuda-toolkit wheel's nvcc (the same compiler
+build as the GPU machine's), so a kernel that does not compile cannot land. It builds one
+instantiation (bf16, head dim 64) to keep CI short; $SAS_KERNEL_DTYPES and
+$SAS_KERNEL_HEAD_DIMS widen it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from sas_runtime.kernels import build, ops
+
+
+def test_matrix_from_env_defaults_to_everything_we_ship() -> None:
+    matrix = build.BuildMatrix.from_env({})
+    assert matrix.dtypes == ("bf16", "fp16")
+    assert matrix.head_dims == (64, 128)
+    assert matrix.defines() == []
+
+
+def test_trimmed_matrix_tells_the_dispatcher_what_is_missing() -> None:
+    matrix = build.BuildMatrix.from_env(
+        {"SAS_KERNEL_DTYPES": "bf16", "SAS_KERNEL_HEAD_DIMS": "128"}
+    )
+    assert matrix.defines() == ["-DSAS_DISABLE_FP16", "-DSAS_DISABLE_HDIM64"]
+
+
+@pytest.mark.parametrize("env", [{"SAS_KERNEL_DTYPES": "fp8"}, {"SAS_KERNEL_HEAD_DIMS": "96"}])
+def test_unknown_matrix_entries_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        build.BuildMatrix.from_env(env)
+
+
+def test_instantiations_are_generated_one_per_entry(tmp_path: Path) -> None:
+    paths = build.write_instantiations(build.BuildMatrix(), tmp_path)
+    assert sorted(p.name for p in paths) == [
+        "fwd_bf16_hdim128_sm90.cu",
+        "fwd_bf16_hdim64_sm90.cu",
+        "fwd_fp16_hdim128_sm90.cu",
+        "fwd_fp16_hdim64_sm90.cu",
+    ]
+    text = (tmp_path / "fwd_fp16_hdim64_sm90.cu").read_text()
+    assert "SAS_INSTANTIATE_BLOCK_SPARSE_FWD(sas::DType::kFloat16, 64)" in text
+
+
+def test_nvcc_flags_target_sm90a_only() -> None:
+    flags = build.nvcc_flags(build.BuildMatrix())
+    assert "-gencode=arch=compute_90a,code=sm_90a" in flags
+    assert not any("sm_80" in f or "compute_80" in f for f in flags)
+
+
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if build._wheel_cuda_dir() is None and "CUDA_HOME" not in os.environ:
+        pytest.skip("no CUDA toolkit (install the kernels-build extra)")
+    out = tmp_path_factory.mktemp("kernels")
+    env = {
+        "SAS_KERNEL_DTYPES": os.environ.get("SAS_KERNEL_DTYPES", "bf16"),
+        "SAS_KERNEL_HEAD_DIMS": os.environ.get("SAS_KERNEL_HEAD_DIMS", "64"),
+        "XDG_CACHE_HOME": str(out),
+    }
+    return build.run_build_subprocess(out, env)
+
+
+def test_extension_compiles_for_sm90a_and_loads_without_a_gpu(built_library: Path) -> None:
+    assert built_library.is_file()
+    assert ops.load_library(built_library) is None
+    schema = str(torch.ops.sas.block_sparse_attention_fwd.default._schema)
+    assert schema.startswith("sas::block_sparse_attention_fwd(Tensor q, Tensor k, Tensor v,")
+    assert schema.endswith("-> (Tensor out, Tensor lse)")
+
+
+def test_fake_kernel_gives_output_shapes(built_library: Path) -> None:
+    assert ops.load_library(built_library) is None
+    with FakeTensorMode():
+        q = torch.empty(2, 8, 300, 64, dtype=torch.bfloat16)
+        k = torch.empty(2, 2, 500, 64, dtype=torch.bfloat16)
+        counts = torch.empty(1, 1, 3, dtype=torch.int32)
+        indices = torch.empty(1, 1, 3, 4, dtype=torch.int32)
+        out, lse = torch.ops.sas.block_sparse_attention_fwd(
+            q, k, k, counts, indices, counts, indices, None, None, 0.125, False, -1, 0
+        )
+    assert out.shape == (2, 8, 300, 64)
+    assert out.dtype == torch.bfloat16
+    assert lse.shape == (2, 8, 300)
+    assert lse.dtype == torch.float32
+
+
+def test_fake_kernel_refuses_float32(built_library: Path) -> None:
+    assert ops.load_library(built_library) is None
+    with FakeTensorMode():
+        q = torch.empty(1, 2, 128, 64)
+        counts = torch.empty(1, 1, 1, dtype=torch.int32)
+        indices = torch.empty(1, 1, 1, 1, dtype=torch.int32)
+        with pytest.raises(RuntimeError, match="bf16 or fp16"):
+            torch.ops.sas.block_sparse_attention_fwd(
+                q, q, q, counts, indices, counts, indices, None, None, 0.125, False, -1, 0
+            )
