@@ -37,8 +37,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# sas_operator is a namespace package (no operator/__init__.py): mypy -p would not descend into it.
 typecheck: venv
-	$(BIN)/mypy -p sas_operator -p sas_runtime -p hack
+	$(BIN)/mypy -p sas_runtime -p hack \
+	  $(foreach m,$(basename $(notdir $(wildcard operator/*.py))),-m sas_operator.$(m))
 	$(BIN)/mypy --explicit-package-bases tests bench
 
 crds: venv

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from operator_fakes import FakeCluster
-
 from sas_operator.apply import CHILD_KINDS, ApplyResult, Owner, apply_children
 from sas_operator.render import render
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import SparseAttentionServiceSpec
+from tests.unit.operator.operator_fakes import FakeCluster
 
 OWNER = Owner("sparseattention.io/v1alpha1", "SparseAttentionService", "minilm", "ml", "owner-uid")
 SETTINGS = OperatorSettings()

@@ -11,10 +11,10 @@ import cel
 import kubernetes_validate
 import pytest
 import yaml
-from crd_checks import root_schema, with_defaults
 
 from sas_operator.crd import CRD_FILENAME, build_crd, crd_yaml, main
 from sas_operator.spec import SparseAttentionServiceSpec
+from tests.unit.operator.crd_checks import root_schema, with_defaults
 
 REPO = Path(__file__).resolve().parents[3]
 CHECKED_IN = REPO / "crds" / CRD_FILENAME

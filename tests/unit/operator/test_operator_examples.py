@@ -7,12 +7,12 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from crd_checks import admit
 
 from sas_operator.crd import build_crd
 from sas_operator.render import render
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import SparseAttentionServiceSpec
+from tests.unit.operator.crd_checks import admit
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("sas-*.yaml"))
 

@@ -16,12 +16,12 @@ import kmock
 import kopf
 import pytest
 from kopf._cogs.structs.credentials import Vault  # kopf 1.45 exports no credentials store
-from operator_fakes import FakeCluster, sas_object
 
 from sas_operator import handlers  # importing registers them in kopf's default registry
 from sas_operator.reconcile import API_VERSION, Reconciler
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION
+from tests.unit.operator.operator_fakes import FakeCluster, sas_object
 
 SAS = kmock.resource(GROUP, VERSION, PLURAL)
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")

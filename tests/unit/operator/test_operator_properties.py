@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import kubernetes_validate
-from crd_checks import admit
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from sas_operator.render import render
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import SparseAttentionServiceSpec
 from sas_runtime.config import RuntimeConfig
+from tests.unit.operator.crd_checks import admit
 
 CRD = build_crd()
 SETTINGS = OperatorSettings(operator_namespace="sas-system")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import yaml
-from operator_fakes import FakeCluster, make_deployment_ready, sas_object
 
 from sas_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES, PEERING_RULES, main, rules_yaml
 from sas_operator.reconcile import Reconciler
 from sas_operator.settings import OperatorSettings
+from tests.unit.operator.operator_fakes import FakeCluster, make_deployment_ready, sas_object
 
 VERBS = {"patch-status": "patch", "create-event": "create"}
 

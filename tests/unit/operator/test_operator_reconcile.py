@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from operator_fakes import FakeCluster, make_deployment_ready, sas_object
 
 from sas_operator.reconcile import Reconciler
 from sas_operator.runtime_info import BackendReport
 from sas_operator.settings import OperatorSettings
+from tests.unit.operator.operator_fakes import FakeCluster, make_deployment_ready, sas_object
 
 SETTINGS = OperatorSettings(retry_seconds=45.0)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from crd_checks import admit
 from pydantic import ValidationError
 
 from sas_operator.crd import build_crd
 from sas_operator.reconcile import spec_problem
 from sas_operator.spec import SparseAttentionServiceSpec
+from tests.unit.operator.crd_checks import admit
 
 CRD = build_crd()
 
