@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import kopf
 
 from sas_operator import handlers  # importing registers the kopf handlers
-from sas_operator.settings import OperatorSettings
+from sas_operator.settings import OperatorSettings, SettingsError
 
 __all__ = ["main"]
 
@@ -19,8 +20,13 @@ _LOG_FORMATS = {
 
 
 def main() -> int:
-    """Read the settings from the environment, configure logging, run kopf."""
-    settings = OperatorSettings.from_env()
+    """Read the settings from the environment, configure logging, run kopf. A bad setting
+    exits with status 2 and a message naming the variable."""
+    try:
+        settings = OperatorSettings.from_env()
+    except SettingsError as exc:
+        print(f"sas-operator: {exc}", file=sys.stderr)
+        return 2
     kopf.configure(log_format=_LOG_FORMATS[settings.log_format])
     logging.getLogger().setLevel(settings.log_level.upper())
     logging.getLogger(handlers.__name__).info(

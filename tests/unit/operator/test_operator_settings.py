@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from sas_operator.settings import DEFAULT_GPU_PRODUCTS, OperatorSettings, SettingsError
@@ -53,3 +57,16 @@ def test_chart_variables_are_read() -> None:
 def test_bad_values_fail_naming_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         OperatorSettings.from_env(env)
+
+
+def test_the_operator_refuses_to_start_on_a_bad_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sas_operator"],
+        env={**os.environ, "SAS_OPERATOR_RESYNC_SECONDS": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "SAS_OPERATOR_RESYNC_SECONDS='soon': expected a number" in result.stderr
