@@ -182,6 +182,12 @@ class ModelEngine:
                 pattern=pattern,
             )
         )
+        scores = batch * heads * q_len * item.k.shape[2]
+        if backend.max_scores is not None and scores > backend.max_scores:
+            raise ValueError(
+                f"attention problem too large for the {backend.name} backend: "
+                f"batch·heads·q_len·kv_len = {scores} exceeds {backend.max_scores}"
+            )
         q, k, v = (t.to(device=self._device, dtype=compute_dtype) for t in (item.q, item.k, item.v))
         document_ids = item.document_ids.to(self._device) if item.document_ids is not None else None
         with torch.inference_mode():

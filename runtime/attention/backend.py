@@ -79,6 +79,9 @@ class AttentionBackend(abc.ABC):
     """None: any head size."""
     min_compute_capability: ClassVar[tuple[int, int] | None] = None
     """CUDA devices only; None: any."""
+    max_scores: ClassVar[int | None] = None
+    """Largest batch·heads·q_len·kv_len one call may have, for backends that materialise the
+    score matrix or mask; None: no limit. Callers refuse larger problems before building metadata."""
 
     @classmethod
     def validate_configuration(cls, spec: AttentionSpec) -> list[str]:

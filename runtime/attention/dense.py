@@ -24,6 +24,7 @@ class DenseBackend(AttentionBackend):
         {torch.float16, torch.bfloat16, torch.float32}
     )
     supported_device_types: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
+    max_scores: ClassVar[int | None] = 1 << 28
 
     def build_metadata(
         self, block_mask: BlockMask, scale: float | None = None

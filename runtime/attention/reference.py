@@ -21,6 +21,7 @@ class ReferenceBackend(AttentionBackend):
         {torch.float16, torch.bfloat16, torch.float32, torch.float64}
     )
     supported_device_types: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
+    max_scores: ClassVar[int | None] = 1 << 28
 
     def forward(
         self,

@@ -213,6 +213,12 @@ def test_attend_refuses_bad_input_with_a_clear_message(
         engine.attend([item])
 
 
+def test_attend_refuses_problems_too_large_for_the_dense_backend(engine: ModelEngine) -> None:
+    q = torch.zeros(1, 1, 1 << 15, 1)
+    with pytest.raises(ValueError, match=r"too large for the dense backend: .* = 1073741824"):
+        engine.attend([AttentionInput(q=q, k=q, v=q)])
+
+
 def test_explicit_reference_backend_serves_the_model() -> None:
     engine = build_engine(runtime_config(attention={"backend": "reference"}))
     assert engine.info.backend == "reference"
