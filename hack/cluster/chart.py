@@ -9,6 +9,7 @@ from typing import Any
 
 from hack.cluster import tools
 from hack.cluster.cluster import LocalCluster
+from hack.cluster.kube import CommandFailed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "sparse-attention-operator"
@@ -31,9 +32,7 @@ def helm(cluster: LocalCluster, *args: str) -> str:
         [str(tools.HELM.path), *args], env=env, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
-        raise subprocess.CalledProcessError(
-            result.returncode, ["helm", *args], result.stdout, result.stderr
-        )
+        raise CommandFailed(result.returncode, ["helm", *args], result.stdout, result.stderr)
     return result.stdout
 
 

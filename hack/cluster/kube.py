@@ -34,11 +34,14 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         time.sleep(interval)
 
 
-class KubectlError(subprocess.CalledProcessError):
-    """kubectl failed; str() holds its stderr, which carries the API server's message."""
+class CommandFailed(subprocess.CalledProcessError):
+    """kubectl or helm failed; str() holds its stderr, which carries the API server's message."""
 
     def __str__(self) -> str:
-        return f"kubectl {' '.join(self.cmd[1:])} failed: {(self.stderr or '').strip()}"
+        return f"{' '.join(self.cmd)} failed: {(self.stderr or '').strip()}"
+
+
+KubectlError = CommandFailed
 
 
 @dataclass(frozen=True)

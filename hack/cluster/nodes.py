@@ -12,6 +12,8 @@ H200_PRODUCT = "NVIDIA-H200"
 GPUS_PER_NODE = 8
 
 GPU_NODES = {"gpu-h100-0": H100_PRODUCT, "gpu-h100-1": H100_PRODUCT, "gpu-h200-0": H200_PRODUCT}
+POOL_LABELS = {"pool": "inference"}
+"""A node-pool label on every GPU node, as examples/ select dedicated pools by one."""
 CPU_NODES = ("cpu-0",)
 
 
@@ -39,7 +41,7 @@ def gpu_node(name: str, product: str) -> dict[str, Any]:
     """A node with 8 GPUs of `product`, tainted as GPU clusters usually taint them."""
     node = _node(
         name,
-        {GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.count": str(GPUS_PER_NODE)},
+        {GPU_PRODUCT_LABEL: product, "nvidia.com/gpu.count": str(GPUS_PER_NODE), **POOL_LABELS},
         {"cpu": "96", "memory": "1Ti", "pods": "250", "nvidia.com/gpu": str(GPUS_PER_NODE)},
     )
     node["spec"]["taints"] = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]

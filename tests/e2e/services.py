@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from hack.cluster.kube import Kubectl, KubectlError, wait_for
+from hack.cluster.kube import Kubectl, KubectlError, WaitTimeout, wait_for
 from sas_operator.render import child_labels, pod_selector
 from sas_operator.spec import GROUP, KIND, PLURAL, VERSION
 
@@ -56,12 +57,19 @@ def current_and_ready(kube: Kubectl, name: str) -> Manifest | None:
 
 
 def wait_ready(kube: Kubectl, name: str, timeout: float = 90) -> Manifest:
-    """Wait until the SAS reports Ready for its current generation; return it."""
-    return wait_for(
-        f"SparseAttentionService {kube.namespace}/{name} Ready",
-        lambda: current_and_ready(kube, name),
-        timeout,
-    )
+    """Wait until the SAS reports Ready for its current generation; return it.
+
+    On a timeout the error carries the last status seen, which says why.
+    """
+    try:
+        return wait_for(
+            f"SparseAttentionService {kube.namespace}/{name} Ready",
+            lambda: current_and_ready(kube, name),
+            timeout,
+        )
+    except WaitTimeout as timeout_error:
+        last = (kube.get(SAS, name) or {}).get("status")
+        raise WaitTimeout(f"{timeout_error}; last status: {json.dumps(last)}") from None
 
 
 def children(kube: Kubectl, name: str, kinds: tuple[str, ...] = CHILD_KINDS) -> list[Manifest]:
@@ -110,3 +118,41 @@ def resource_versions(objects: list[Manifest]) -> dict[str, str]:
     return {
         f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in objects
     }
+
+
+def create_prerequisites(kube: Kubectl, manifest: Manifest) -> None:
+    """What an example's comments ask for first: its token Secret and its model claim (bound to
+    a hostPath volume, as kwok's pods mount nothing)."""
+    spec = manifest["spec"]
+    secret = spec.get("security", {}).get("authSecretRef")
+    if secret is not None:
+        token = f"--from-literal={secret.get('key', 'token')}=example-token"
+        kube.run("create", "secret", "generic", secret["name"], token)
+    claim = spec.get("model", {}).get("pvc")
+    if claim is not None:
+        volume = f"{kube.namespace}-{claim}"[:253]
+        kube.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": spec["model"]["path"]},
+                    "claimRef": {"namespace": kube.namespace, "name": claim},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": volume,
+                    "resources": {"requests": {"storage": "10Gi"}},
+                },
+            },
+        )

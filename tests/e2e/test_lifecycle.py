@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hack.cluster import nodes
 from hack.cluster.kube import Kubectl, wait_for
@@ -18,6 +19,7 @@ from .services import (
     SAS,
     children,
     controller_uid,
+    create_prerequisites,
     pod_ready,
     pods,
     sas,
@@ -79,8 +81,10 @@ def test_pods_land_only_on_nodes_of_the_requested_gpu_type(
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
 def test_example_becomes_ready(kube: Kubectl, operator: OperatorProcess, example: Path) -> None:
-    output = kube.apply_file(example)
-    name = output.split()[0].split("/")[-1]
+    manifest = yaml.safe_load(example.read_text())
+    create_prerequisites(kube, manifest)
+    kube.apply_file(example)
+    name = manifest["metadata"]["name"]
     service = wait_ready(kube, name)
     assert service["status"]["readyReplicas"] == service["spec"].get("replicas", 1) or (
         "autoscaling" in service["spec"]
