@@ -54,7 +54,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 # would break with every security update of the archive.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends python3 python3-venv python3-dev \
+    && apt-get install --yes --no-install-recommends g++ python3 python3-venv python3-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
