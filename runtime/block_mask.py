@@ -18,6 +18,7 @@ sequence's valid length are masked, so a ragged key tail is always a partial blo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -158,28 +159,22 @@ class BlockMask:
 
     def to(self, device: torch.device) -> BlockMask:
         """The same mask with every tensor on `device`."""
-
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device)
-
         element = self.element_mask
-        return BlockMask(
+        return dataclasses.replace(
+            self,
             kv_num_blocks=self.kv_num_blocks.to(device),
             kv_indices=self.kv_indices.to(device),
             full_kv_num_blocks=self.full_kv_num_blocks.to(device),
             full_kv_indices=self.full_kv_indices.to(device),
             partial_blocks=self.partial_blocks.to(device),
             full_blocks=self.full_blocks.to(device),
-            element_mask=ElementMask(
-                causal=element.causal,
-                window=element.window,
-                global_tokens=element.global_tokens,
-                kv_lengths=move(element.kv_lengths),
-                document_ids=move(element.document_ids),
+            element_mask=dataclasses.replace(
+                element,
+                kv_lengths=None if element.kv_lengths is None else element.kv_lengths.to(device),
+                document_ids=None
+                if element.document_ids is None
+                else element.document_ids.to(device),
             ),
-            block_size=self.block_size,
-            q_len=self.q_len,
-            kv_len=self.kv_len,
         )
 
     def to_dense(self) -> Tensor:

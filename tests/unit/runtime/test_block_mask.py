@@ -367,3 +367,28 @@ def test_torch_flex_attention_runs_our_mask(pattern: PatternConfig) -> None:
     reference = ReferenceBackend().forward(q, k, v, AttentionMetadata(block_mask=mask)).out
     assert isinstance(flex_out, Tensor)
     torch.testing.assert_close(flex_out, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_to_moves_every_tensor_and_keeps_the_mask() -> None:
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.DOCUMENT, block_size=64),
+        batch=2,
+        q_len=90,
+        kv_len=90,
+        kv_lengths=torch.tensor([90, 40]),
+        document_ids=(torch.arange(90) // 30).expand(2, 90),
+    )
+    moved = mask.to(torch.device("meta"))
+    tensors = [
+        moved.kv_num_blocks,
+        moved.kv_indices,
+        moved.full_kv_num_blocks,
+        moved.full_kv_indices,
+        moved.partial_blocks,
+        moved.full_blocks,
+        moved.element_mask.kv_lengths,
+        moved.element_mask.document_ids,
+    ]
+    assert all(t is not None and t.device.type == "meta" for t in tensors)
+    assert (moved.block_size, moved.q_len, moved.kv_len) == (64, 90, 90)
+    assert torch.equal(mask.to(torch.device("cpu")).to_dense(), mask.to_dense())
