@@ -140,3 +140,31 @@ def test_dense_half_precision_stays_close_to_reference(dtype: torch.dtype) -> No
     want = ReferenceBackend().forward(q, k, v, ReferenceBackend().build_metadata(mask)).out
     assert got.dtype == dtype
     assert rmse(got, want) <= 1e-2
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [p for p in PATTERNS if p.type is not PatternType.DOCUMENT],
+    ids=lambda p: f"{p.type.value}-{p.block_size}",
+)
+@pytest.mark.parametrize(("q_len", "kv_len"), [(70, 200), (300, 65)])
+def test_dense_matches_reference_when_query_and_key_lengths_differ(
+    pattern: PatternConfig, q_len: int, kv_len: int, record_property: Any
+) -> None:
+    q, k, v = qkv(2, 4, 2, q_len, kv_len, 16, seed=q_len + kv_len)
+    mask = compile_block_mask(
+        pattern,
+        batch=2,
+        q_len=q_len,
+        kv_len=kv_len,
+        kv_lengths=torch.tensor([kv_len, kv_len // 2]),
+        q=q,
+        k=k,
+    )
+    dense, reference = DenseBackend(), ReferenceBackend()
+    got = dense.forward(q, k, v, dense.build_metadata(mask)).out
+    want = reference.forward(q, k, v, reference.build_metadata(mask)).out
+    error = rmse(got, want)
+    record_property("rmse", error)
+    assert got.shape == q.shape
+    assert error <= 1e-6
