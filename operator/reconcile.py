@@ -1,8 +1,8 @@
 """One reconcile of one SparseAttentionService: validate, render, apply, observe, report.
 
 Written against the `Cluster` seam and a `BackendReader`, so tests drive it with fakes. The
-kopf handlers only call `Reconciler.reconcile` and post the events it returns; a spec that
-cannot be realised comes back as a Degraded status and a retry delay, never an exception.
+kopf handlers only call `Reconciler.reconcile`; a spec that cannot be realised comes back as a
+Degraded status, a Warning event and a retry delay, never an exception.
 """
 
 from __future__ import annotations
@@ -97,6 +97,12 @@ class Reconciler:
     _locks: defaultdict[tuple[str, str], threading.Lock] = field(
         default_factory=lambda: defaultdict(threading.Lock)
     )
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        """One lock per service: handlers, watches and the resync never reconcile it at once."""
+        with self._locks_guard:
+            return self._locks[(namespace, name)]
 
     def reconcile(self, namespace: str, name: str, *, trigger: str) -> ReconcileOutcome | None:
         """Bring the children of service `namespace/name` in line with its spec, write its
@@ -107,7 +113,7 @@ class Reconciler:
         """
         started = time.perf_counter()
         try:
-            with self._locks[(namespace, name)]:
+            with self._lock(namespace, name):
                 body = self.cluster.get(API_VERSION, KIND, namespace, name)
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     return None
