@@ -392,3 +392,22 @@ def test_to_moves_every_tensor_and_keeps_the_mask() -> None:
     assert all(t is not None and t.device.type == "meta" for t in tensors)
     assert (moved.block_size, moved.q_len, moved.kv_len) == (64, 90, 90)
     assert torch.equal(mask.to(torch.device("cpu")).to_dense(), mask.to_dense())
+
+
+@pytest.mark.parametrize(
+    ("pattern", "allowed"),
+    [
+        (PatternConfig(type=PatternType.CAUSAL, block_size=64), band(1500, 1300, 1500, 0)),
+        (
+            PatternConfig(type=PatternType.WINDOW, block_size=128, window=300),
+            band(1500, 1300, 300, 300),
+        ),
+    ],
+    ids=["causal", "window"],
+)
+def test_long_sequences_classify_exactly(pattern: PatternConfig, allowed: Tensor) -> None:
+    lengths = torch.tensor([1300, 777])
+    mask = compile_block_mask(pattern, batch=2, q_len=1500, kv_len=1300, kv_lengths=lengths)
+    expected = allowed & key_padding(lengths, 2, 1500, 1300)
+    check_layout_and_blocks(mask, expected.unsqueeze(1))
+    assert 0.0 < mask.density < 1.0
