@@ -11,7 +11,7 @@ CACHE_DIR ?= $(HOME)/.cache/sparse-attention-operator
 export PIP_CACHE_DIR := $(CACHE_DIR)/pip
 EXTRAS := operator,runtime,dev,kernels-build
 
-.PHONY: help venv lint typecheck test test-unit test-e2e crds demo clean tools lint-tools
+.PHONY: help venv lint typecheck test test-unit test-e2e crds demo demo-runtime clean tools lint-tools
 
 help:
 	@echo "make demo   run the operator end to end on the embedded local cluster"
@@ -42,6 +42,13 @@ typecheck: venv
 	$(BIN)/mypy -p sas_runtime -p hack \
 	  $(foreach m,$(basename $(notdir $(wildcard operator/*.py))),-m sas_operator.$(m))
 	$(BIN)/mypy --explicit-package-bases tests bench
+
+# Interim `make demo` (until the cluster demo, hack/demo.py, is wired here): the runtime alone
+# on this machine with examples/runtime.yaml: real requests, answers, metrics, SIGTERM drain.
+demo: demo-runtime
+
+demo-runtime: venv
+	$(BIN)/python -m hack.demo_runtime
 
 crds: venv
 	$(BIN)/python -m sas_operator.crd --write crds/

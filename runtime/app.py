@@ -288,14 +288,35 @@ class _AdmissionMiddleware:
         return replay, None
 
 
+_TYPE_MISMATCHES = frozenset(
+    {"string_type", "list_type", "dict_type", "int_type", "float_type", "bool_type", "model_type"}
+)
+_LOCATION_KINDS = frozenset({"body", "header", "query", "path"})
+
+
+def _is_field(part: object) -> bool:
+    """Whether a pydantic error location part names a field or index (not a union branch such
+    as 'constrained-str' or 'list[str]')."""
+    return isinstance(part, int) or (
+        isinstance(part, str) and part.isidentifier() and part not in _LOCATION_KINDS
+    )
+
+
 def _validation_message(errors: list[Any]) -> tuple[str, str | None]:
-    """One readable line and the offending parameter from pydantic/FastAPI errors."""
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "header", "query")]
-    param = ".".join(loc) or None
+    """One readable line and the offending parameter from pydantic/FastAPI errors. Of a
+    union's errors, one that is not a plain type mismatch says most."""
+    specific = [e for e in errors if e.get("type") not in _TYPE_MISMATCHES] or errors
+    first = specific[0]
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "malformed")
+        return f"the body is not valid JSON: {detail}", None
+    if loc[:1] == ("header",):
+        param: str | None = str(loc[1])
+    else:
+        param = ".".join(str(p) for p in loc if _is_field(p)) or None
     message = first.get("msg", "invalid request")
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return (f"{param}: {message}{more}" if param else f"{message}{more}"), param
+    return (f"{param}: {message}" if param else message), param
 
 
 def serving_state(app: FastAPI) -> ServingState:

@@ -334,3 +334,21 @@ async def test_metrics_count_requests_by_endpoint_and_code(fake_engine: FakeEngi
         in text
     )
     assert "sas_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "param", "says"),
+    [
+        ([], "input", "at least 1 item"),
+        (["fine", ""], "input.1", "at least 1 character"),
+        (7, "input", "valid string"),
+    ],
+)
+async def test_errors_name_the_field_not_the_union_branch(
+    fake_engine: FakeEngine, text: Any, param: str, says: str
+) -> None:
+    async with serving(fake_engine) as (client, _):
+        response = await client.post("/v1/embeddings", json=_embed(text))
+    error = _error(response, 400)
+    assert error["param"] == param
+    assert says in error["message"]
