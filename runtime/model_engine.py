@@ -84,15 +84,8 @@ class ModelEngine:
         self._pattern = config.attention.pattern
         self._files = _read_files(config)
         self._max_length = _max_sequence_length(config, self._files)
-        self._tokenizer = _load_tokenizer(self._files, self._max_length)
-        self._model = SentenceEncoder(
-            self._files.config, self._files.pooling, normalize=self._files.normalize
-        )
-        self._model.encoder.load_hf_weights(
-            load_weights(self._files), source=str(self._files.weights_path)
-        )
-        self._model.to(device=device, dtype=self._dtype).eval()
         bert = self._files.config
+        # Chosen before the weights load, so an explicit backend that cannot run fails fast.
         self._selection = select_backend(
             config.attention.backend,
             AttentionSpec(
@@ -104,6 +97,14 @@ class ModelEngine:
                 pattern=self._pattern,
             ),
         )
+        self._tokenizer = _load_tokenizer(self._files, self._max_length)
+        self._model = SentenceEncoder(
+            self._files.config, self._files.pooling, normalize=self._files.normalize
+        )
+        self._model.encoder.load_hf_weights(
+            load_weights(self._files), source=str(self._files.weights_path)
+        )
+        self._model.to(device=device, dtype=self._dtype).eval()
         self._info = EngineInfo(
             model=self._files.name,
             embedding_dim=self._model.embedding_dim,
