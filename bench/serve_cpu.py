@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 import yaml
@@ -74,8 +75,7 @@ class LoadResult:
 
 
 async def _client(
-    client: httpx.AsyncClient,
-    url: str,
+    session: aiohttp.ClientSession,
     stop_at: float,
     measure_from: float,
     latencies: list[float],
@@ -86,31 +86,35 @@ async def _client(
     while (now := time.perf_counter()) < stop_at:
         body = {"model": MODEL_NAME, "input": rng.choice(SENTENCES)}
         try:
-            response = await client.post(url, json=body)
-        except httpx.TransportError:
+            async with session.post("/v1/embeddings", json=body) as response:
+                await response.read()
+                status = response.status
+        except aiohttp.ClientError:
             statuses["transport_error"] += 1
             continue
         done = time.perf_counter()
         if now >= measure_from and done <= stop_at:
-            statuses[str(response.status_code)] += 1
-            if response.status_code == 200:
+            statuses[str(status)] += 1
+            if status == 200:
                 latencies.append(done - now)
 
 
 async def drive(
     base_url: str, *, server: str, clients: int, seconds: float, warmup: float
 ) -> LoadResult:
-    """Closed loop: each client sends its next request when the previous one is answered."""
+    """Closed loop: each client sends its next request when the previous one is answered.
+    The client is aiohttp: httpx's async pool saturated long before either server did."""
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
         start = time.perf_counter()
         measure_from = start + warmup
         stop_at = measure_from + seconds
         await asyncio.gather(
             *(
-                _client(client, "/v1/embeddings", stop_at, measure_from, latencies, statuses, i)
+                _client(session, stop_at, measure_from, latencies, statuses, i)
                 for i in range(clients)
             )
         )
@@ -204,7 +208,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    names = ["torch", "fastapi", "uvicorn", "sentence-transformers", "httpx", "numpy"]
+    names = ["torch", "fastapi", "uvicorn", "sentence-transformers", "aiohttp", "numpy"]
     return {name: importlib.metadata.version(name) for name in names}
 
 
