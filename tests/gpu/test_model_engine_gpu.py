@@ -74,11 +74,12 @@ def test_block_masks_on_the_gpu_equal_those_on_the_cpu(pattern: PatternConfig) -
 
 
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.type.value)
-def test_gpu_attention_requests_match_the_cpu(pattern: PatternConfig) -> None:
+def test_gpu_attention_requests_with_gqa_match_the_cpu(pattern: PatternConfig) -> None:
     cpu = build_engine(RuntimeConfig.model_validate({"server": {"device": "cpu"}}))
     gpu = build_engine(RuntimeConfig.model_validate({"server": {"device": "cuda"}}))
     generator = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 8, 500, 64, generator=generator) for _ in range(3))
+    q = torch.randn(2, 8, 500, 64, generator=generator)
+    k, v = (torch.randn(2, 2, 500, 64, generator=generator) for _ in range(2))
     request = [AttentionInput(q=q, k=k, v=v, pattern=pattern)]
     (expected,) = cpu.attend(request)
     (ours,) = gpu.attend(request)
