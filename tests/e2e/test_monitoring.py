@@ -55,7 +55,7 @@ def test_service_monitor_appears_with_its_crd_and_goes_when_switched_off(
     admin.run("wait", "--for=condition=Established", f"crd/{SERVICE_MONITOR_CRD}", "--timeout=60s")
     made = wait_for(
         "the operator to create the ServiceMonitor",
-        lambda: service_monitors(kube, "watched"),
+        lambda: service_monitors(kube, "watched") or None,
         3 * RESYNC_SECONDS + 15,
     )
     assert [m["metadata"]["name"] for m in made] == ["watched"]
