@@ -281,7 +281,7 @@ def main() -> int:
     }
     out = Path(args.out) / f"serve-cpu-{now:%Y-%m-%dT%H%M%SZ}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out.relative_to(REPO_ROOT)}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -26,7 +26,8 @@ class FakeEngine:
     """Whitespace tokenizer; an embedding is the normalised histogram of token ids mod `dim`
     (so it depends on the text only, never on the batch); attention is exact SDPA for the
     dense and causal patterns. Records every batch; `gate` (when given) holds each forward
-    until it is set; `forward_seconds` slows each forward down."""
+    until it is set; `forward_seconds` slows each forward down; `fallback_reason` makes it
+    report serving dense in place of sparse."""
 
     def __init__(
         self,
@@ -36,6 +37,7 @@ class FakeEngine:
         forward_seconds: float = 0.0,
         gate: threading.Event | None = None,
         pattern: str = "dense",
+        fallback_reason: str | None = None,
     ) -> None:
         self.max_length = max_length
         self.dim = dim
@@ -52,6 +54,8 @@ class FakeEngine:
             dtype="float32",
             backend="dense",
             pattern=pattern,
+            fallback_reason=fallback_reason,
+            skipped={} if fallback_reason is None else {"sparse": [fallback_reason]},
         )
 
     @property

@@ -352,3 +352,13 @@ async def test_errors_name_the_field_not_the_union_branch(
     error = _error(response, 400)
     assert error["param"] == param
     assert says in error["message"]
+
+
+async def test_a_backend_fallback_shows_in_models_and_metrics() -> None:
+    engine = FakeEngine(fallback_reason="sparse kernel needs sm_90")
+    async with serving(engine) as (client, _):
+        (card,) = (await client.get("/v1/models")).json()["data"]
+        text = (await client.get("/metrics")).text
+    assert card["fallback_reason"] == "sparse kernel needs sm_90"
+    assert card["skipped_backends"] == {"sparse": ["sparse kernel needs sm_90"]}
+    assert 'sas_backend_fallbacks_total{reason="sparse kernel needs sm_90"} 1.0' in text
