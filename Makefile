@@ -37,10 +37,13 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# sas_operator is a namespace package (no operator/__init__.py): mypy -p would not descend into it.
+# mypy reaches our packages through the import links, which `-p` does not descend into (and
+# sas_operator is a namespace package): name every module of operator/ and runtime/ instead.
+PACKAGE_MODULES = $(shell find operator runtime -name '*.py' -not -path '*/csrc/*' | sort | sed \
+  -e 's|^operator/|sas_operator/|' -e 's|^runtime/|sas_runtime/|' \
+  -e 's|/__init__\.py$$||' -e 's|\.py$$||' -e 's|/|.|g')
 typecheck: venv
-	$(BIN)/mypy -p sas_runtime -p hack \
-	  $(foreach m,$(basename $(notdir $(wildcard operator/*.py))),-m sas_operator.$(m))
+	$(BIN)/mypy -p hack $(addprefix -m ,$(PACKAGE_MODULES))
 	$(BIN)/mypy --explicit-package-bases tests bench
 
 # Interim `make demo` (until the cluster demo, hack/demo.py, is wired here): the runtime alone

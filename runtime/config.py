@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "CEL_KEY",
     "AttentionBackendName",
     "AttentionConfig",
     "AttentionDType",
@@ -37,6 +38,7 @@ __all__ = [
     "RateLimitConfig",
     "RuntimeConfig",
     "ServerConfig",
+    "SpecModel",
     "ValidationConfig",
     "cel_rules",
     "load_config",
