@@ -158,7 +158,6 @@ class Batcher:
         if self._closed:
             raise BatcherClosedError("the runtime is shutting down")
         if self._pending >= self._max_queue:
-            self._metrics.rejections.labels(reason="queue_full").inc()
             raise QueueFullError(
                 f"the queue holds {self._pending} requests (batching.maxQueueDepth)"
             )
@@ -179,7 +178,6 @@ class Batcher:
                     asyncio.gather(*(job.future for job in jobs)), deadline - now
                 )
             except TimeoutError:
-                self._metrics.rejections.labels(reason="deadline_exceeded").inc()
                 raise DeadlineExceededError(
                     f"no result within the request's deadline ({(deadline - now) * 1000:.0f} ms)"
                 ) from None

@@ -362,3 +362,16 @@ async def test_a_backend_fallback_shows_in_models_and_metrics() -> None:
     assert card["fallback_reason"] == "sparse kernel needs sm_90"
     assert card["skipped_backends"] == {"sparse": ["sparse kernel needs sm_90"]}
     assert 'sas_backend_fallbacks_total{reason="sparse kernel needs sm_90"} 1.0' in text
+
+
+async def test_each_rejection_is_counted_once() -> None:
+    engine = FakeEngine(gate=threading.Event())
+    async with serving(engine, batching={"maxBatchSize": 1, "maxQueueDepth": 1}) as (client, _):
+        first = asyncio.create_task(client.post("/v1/embeddings", json=_embed("x")))
+        await eventually(lambda: bool(engine.batches))
+        await client.post("/v1/embeddings", json=_embed("y"))
+        assert engine.gate is not None
+        engine.gate.set()
+        await first
+        text = (await client.get("/metrics")).text
+    assert 'sas_rejections_total{reason="queue_full"} 1.0' in text
