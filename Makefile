@@ -46,9 +46,13 @@ typecheck: venv
 	$(BIN)/mypy -p hack $(addprefix -m ,$(PACKAGE_MODULES))
 	$(BIN)/mypy --explicit-package-bases tests bench
 
-# Interim `make demo` (until the cluster demo, hack/demo.py, is wired here): the runtime alone
-# on this machine with examples/runtime.yaml: real requests, answers, metrics, SIGTERM drain.
-demo: demo-runtime
+# The cluster demo: local cluster, helm install, the operator as the chart's ServiceAccount,
+# examples/sas-minilm.yaml to Ready, then the runtime started locally with the ConfigMap's
+# config and the Deployment's command, answering an embeddings and an attention request.
+demo: tools
+	$(BIN)/python -m hack.demo
+
+# The runtime alone on this machine with examples/runtime.yaml: requests, metrics, SIGTERM drain.
 
 demo-runtime: venv
 	$(BIN)/python -m hack.demo_runtime

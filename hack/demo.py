@@ -10,6 +10,7 @@ Ctrl-C or the end tears everything down.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import subprocess
 import sys
@@ -78,11 +79,13 @@ def _runtime_command(deployment: dict[str, Any], config_file: Path, port: int) -
     return [*local, "--host", "127.0.0.1", "--port", str(port)]
 
 
-def _attention_request() -> dict[str, Any]:
+def _attention_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 4, 256, 64, generator=generator)
-    k = torch.randn(1, 4, 256, 64, generator=generator)
-    v = torch.randn(1, 4, 256, 64, generator=generator)
+    q, k, v = (torch.randn(1, 4, 256, 64, generator=generator) for _ in range(3))
+    return q, k, v
+
+
+def _attention_request(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, Any]:
     return {
         "q": encode_payload(q).model_dump(),
         "k": encode_payload(k).model_dump(),
@@ -91,11 +94,24 @@ def _attention_request() -> dict[str, Any]:
     }
 
 
+def _max_error_vs_sdpa(
+    answer: dict[str, Any], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> float:
+    """Largest difference between the runtime's output and torch's own causal SDPA."""
+    output = answer["output"]
+    if output["dtype"] != "float32":
+        raise DemoFailed(f"expected a float32 output for float32 inputs, got {output['dtype']}")
+    raw = bytearray(base64.b64decode(output["data"]))
+    served = torch.frombuffer(raw, dtype=torch.float32).reshape(output["shape"])
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return float((served - expected).abs().max())
+
+
 def _metric_lines(text: str, prefixes: tuple[str, ...], limit: int = 8) -> list[str]:
     lines = [
         line
         for line in text.splitlines()
-        if line.startswith(prefixes) and not line.startswith("#") and "_bucket" not in line
+        if line.startswith(prefixes) and not any(part in line for part in ("_bucket", "_created"))
     ]
     return lines[:limit]
 
@@ -152,8 +168,10 @@ def run_demo(workdir: Path) -> None:
             embedded = client.post("/v1/embeddings", json={"model": model, "input": texts})
             vectors = [row["embedding"] for row in embedded.raise_for_status().json()["data"]]
         with progress.step("POST /v1/attention (causal, q/k/v 1x4x256x64)"):
-            attended = client.post("/v1/attention", json=_attention_request())
+            q, k, v = _attention_inputs()
+            attended = client.post("/v1/attention", json=_attention_request(q, k, v))
             answer = attended.raise_for_status().json()
+            error = _max_error_vs_sdpa(answer, q, k, v)
         with progress.step("report"):
             print(cluster.admin.run("get", "sas", "-A", "-o", "wide"))
             cosine = torch.nn.functional.cosine_similarity(
@@ -165,7 +183,8 @@ def run_demo(workdir: Path) -> None:
             print(
                 "attention: output "
                 f"{answer['output']['shape']} {answer['output']['dtype']}, "
-                f"backend {answer.get('backend')}, pattern {answer.get('pattern')}"
+                f"backend {answer.get('backend')}, pattern {answer.get('pattern')}, "
+                f"max |output - torch SDPA| = {error:.2e}"
             )
             print("runtime metrics:")
             for line in _metric_lines(client.get("/metrics").text, ("sas_",)):
