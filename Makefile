@@ -53,7 +53,6 @@ demo: tools
 	$(BIN)/python -m hack.demo
 
 # The runtime alone on this machine with examples/runtime.yaml: requests, metrics, SIGTERM drain.
-
 demo-runtime: venv
 	$(BIN)/python -m hack.demo_runtime
 
