@@ -213,3 +213,18 @@ def test_the_server_still_serves_and_never_failed(
     assert 'code="500"' not in metrics
     assert runtime.process.poll() is None
     assert "Traceback" not in runtime.output()
+
+
+def test_long_texts_are_truncated_when_so_configured(start_runtime: StartRuntime) -> None:
+    config = CONFIG | {"model": {"longInputs": "truncate"}}
+    truncating = start_runtime(config, engine=engine_under_test())
+    with httpx.Client(base_url=truncating.url, timeout=60) as client:
+        card = client.get("/v1/models").json()["data"][0]
+        response = client.post(
+            "/v1/embeddings", json={"model": card["id"], "input": [LONG_TEXT, "short"]}
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["data"]) == 2
+    # the long text is cut to the model's length; "short" is [CLS] short [SEP]
+    assert body["usage"]["prompt_tokens"] == card["max_sequence_length"] + 3
