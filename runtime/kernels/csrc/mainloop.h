@@ -6,6 +6,8 @@
 #include <cutlass/arch/barrier.h>
 
 #include "params.h"
+#include "tile_scheduler.h"
+#include "tile_traits.h"
 
 namespace sas {
 
@@ -23,38 +25,110 @@ struct BlockList {
   CUTE_DEVICE bool is_partial(int j) const { return j >= full_count; }
 };
 
+// The block list of one tile; counts are clamped to the index slots, so a bad count cannot
+// read past a row.
+CUTE_DEVICE BlockList make_block_list(BlockSparseFwdParams const& p, Tile const& tile) {
+  const int64_t b = tile.batch, h = tile.head, m = tile.m_block;
+  const int full_count = p.full_kv_num_blocks[b * p.full_num_batch_stride +
+                                              h * p.full_num_head_stride +
+                                              m * p.full_num_row_stride];
+  const int partial_count =
+      p.kv_num_blocks[b * p.num_batch_stride + h * p.num_head_stride + m * p.num_row_stride];
+  BlockList blocks;
+  blocks.full = p.full_kv_indices + b * p.full_idx_batch_stride + h * p.full_idx_head_stride +
+                m * p.full_idx_row_stride;
+  blocks.partial =
+      p.kv_indices + b * p.idx_batch_stride + h * p.idx_head_stride + m * p.idx_row_stride;
+  blocks.full_count = max(0, min(full_count, p.full_slots));
+  blocks.total = blocks.full_count + max(0, min(partial_count, p.partial_slots));
+  return blocks;
+}
+
+// A position in a ring of `kStages` buffers: which buffer, and the parity of its barrier phase.
+template <int kStages>
+struct RingPosition {
+  int count = 0;
+  CUTE_DEVICE int stage() const { return count % kStages; }
+  CUTE_DEVICE int round() const { return count / kStages; }
+  CUTE_DEVICE int phase() const { return round() & 1; }
+};
+
 using ReleaseBarrier = cutlass::arch::ClusterBarrier;
 
-// The producer: one thread of the producer warpgroup issues every TMA copy of the CTA, Q once,
-// then each listed K/V block into the ring, waiting for consumers to free a stage first.
-template <class Traits>
-struct KVProducer {
-  using SharedStorage = typename Traits::SharedStorage;
-  static constexpr int kStages = Traits::kStages;
+// Hands a buffer back to the producer; the barrier counts one arrival per consumer warpgroup.
+CUTE_DEVICE void release(uint64_t* barrier, bool is_signaller) {
+  if (is_signaller) {
+    ReleaseBarrier::arrive(barrier);
+  }
+}
 
-  template <class TmaQ, class TmaK, class TmaV, class TQgQ, class TQsQ, class TKgK, class TKsK,
-            class TVgV, class TVsV>
-  CUTE_DEVICE static void run(BlockList const& blocks, SharedStorage& smem, TmaQ const& tma_q,
-                              TmaK const& tma_k, TmaV const& tma_v, TQgQ const& tQgQ, TQsQ& tQsQ,
-                              TKgK const& tKgK, TKsK& tKsK, TVgV const& tVgV, TVsV& tVsV) {
-    TransactionBarrier::arrive_and_expect_tx(&smem.barrier_q, Traits::kQBytes);
-    copy(tma_q.with(smem.barrier_q), tQgQ, tQsQ);
-    for (int j = 0; j < blocks.total; ++j) {
-      const int stage = j % kStages;
-      const int round = j / kStages;
-      // Out-of-range block indices are harmless: TMA fills what lies outside the tensor with
-      // zeros and the mask hides keys past kv_len.
-      const int n_block = blocks.block(j);
-      if (round > 0) {
-        ReleaseBarrier::wait(&smem.empty_k[stage], (round - 1) & 1);
+// The producer: one thread of the producer warpgroup issues every TMA copy of the CTA, for
+// each of its tiles Q, then each listed K/V block into the ring, waiting for the consumers to
+// free a buffer first. It runs ahead across tile boundaries.
+template <class Traits>
+struct Producer {
+  using SharedStorage = typename Traits::SharedStorage;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+
+  CUTE_DEVICE static void run(KernelArgs<Traits> const& args, TileScheduler const& scheduler,
+                              SharedStorage& smem) {
+    const BlockSparseFwdParams& p = args.params;
+    Tensor mQ = args.tma_q.get_tma_tensor(shape(Traits::gmem_q(p)));
+    Tensor mK = args.tma_k.get_tma_tensor(shape(Traits::gmem_k(p)));
+    Tensor mV = args.tma_v.get_tma_tensor(shape(Traits::gmem_v(p)));
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutKV{});
+    RingPosition<Traits::kQStages> q_ring;
+    RingPosition<Traits::kStages> kv_ring;
+
+    for (int t = blockIdx.x; t < scheduler.num_tiles(); t += gridDim.x) {
+      const Tile tile = scheduler.tile(t);
+      const BlockList blocks = make_block_list(p, tile);
+      if (blocks.total == 0) {
+        continue;
       }
-      TransactionBarrier::arrive_and_expect_tx(&smem.full_k[stage], Traits::kKVBytes);
-      copy(tma_k.with(smem.full_k[stage]), tKgK(_, n_block), tKsK(_, stage));
-      if (round > 0) {
-        ReleaseBarrier::wait(&smem.empty_v[stage], (round - 1) & 1);
+      const int kv_head = tile.head / (p.heads / p.kv_heads);
+      Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                             make_coord(tile.m_block, _0{}));  // (M, D)
+      Tensor gK = local_tile(mK(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));  // (N, D, n_blocks)
+      Tensor gV = local_tile(mV(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));  // (N, D, n_blocks)
+      auto [tQgQ, tQsQ] = tma_partition(args.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ),
+                                        group_modes<0, 2>(gQ));
+      auto [tKgK, tKsK] = tma_partition(args.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                        group_modes<0, 2>(gK));
+      auto [tVgV, tVsV] = tma_partition(args.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV),
+                                        group_modes<0, 2>(gV));
+
+      const int q_stage = q_ring.stage();
+      if (q_ring.round() > 0) {
+        ReleaseBarrier::wait(&smem.empty_q[q_stage], (q_ring.round() - 1) & 1);
       }
-      TransactionBarrier::arrive_and_expect_tx(&smem.full_v[stage], Traits::kKVBytes);
-      copy(tma_v.with(smem.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
+      TransactionBarrier::arrive_and_expect_tx(&smem.full_q[q_stage], Traits::kQBytes);
+      copy(args.tma_q.with(smem.full_q[q_stage]), tQgQ, tQsQ(_, q_stage));
+      ++q_ring.count;
+
+      for (int j = 0; j < blocks.total; ++j, ++kv_ring.count) {
+        const int stage = kv_ring.stage();
+        const int round = kv_ring.round();
+        // Out-of-range block indices are harmless: TMA fills what lies outside the tensor with
+        // zeros and the mask hides keys past kv_len.
+        const int n_block = blocks.block(j);
+        if (round > 0) {
+          ReleaseBarrier::wait(&smem.empty_k[stage], (round - 1) & 1);
+        }
+        TransactionBarrier::arrive_and_expect_tx(&smem.full_k[stage], Traits::kKVBytes);
+        copy(args.tma_k.with(smem.full_k[stage]), tKgK(_, n_block), tKsK(_, stage));
+        if (round > 0) {
+          ReleaseBarrier::wait(&smem.empty_v[stage], (round - 1) & 1);
+        }
+        TransactionBarrier::arrive_and_expect_tx(&smem.full_v[stage], Traits::kKVBytes);
+        copy(args.tma_v.with(smem.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
+      }
     }
   }
 };
@@ -62,7 +136,7 @@ struct KVProducer {
 // C (+)= A B on the calling warpgroup's tensor cores; waits for completion. kARegisters: A is a
 // register fragment (else a shared-memory descriptor view).
 template <bool kZeroInit, bool kARegisters, class TiledMma, class TA, class TB, class TC>
-CUTE_DEVICE void warpgroup_gemm(TiledMma& tiled_mma, TA& a, TB const& b, TC& c) {
+CUTE_DEVICE void warpgroup_gemm(TiledMma& tiled_mma, TA&& a, TB const& b, TC& c) {
   if constexpr (kARegisters) {
     warpgroup_fence_operand(a);
   }

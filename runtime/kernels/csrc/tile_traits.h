@@ -53,9 +53,10 @@ struct TileTraits {
                            GMMA::Major::K, GMMA::Major::MN>(),
       WarpgroupLayout{}));
 
+  static constexpr int kQStages = 2;  // the next tile's Q loads while this tile finishes
   // Head dims of 64 and 128 16-bit elements fill whole 128-byte swizzle rows.
   using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
-                                             Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+                                             Shape<Int<kBlockM>, Int<kHeadDim>, Int<kQStages>>{}));
   // K and V blocks land as (N, D, stage) tiles, D contiguous and swizzled.
   using SmemLayoutKV = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
                                               Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
@@ -69,10 +70,11 @@ struct TileTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> v;
-    alignas(8) uint64_t barrier_q;
+    alignas(8) uint64_t full_q[kQStages];
+    uint64_t empty_q[kQStages];
     uint64_t full_k[kStages];   // TMA landed (transaction count)
     uint64_t full_v[kStages];
-    uint64_t empty_k[kStages];  // every consumer thread is done reading the stage
+    uint64_t empty_k[kStages];  // both consumer warpgroups are done reading the stage
     uint64_t empty_v[kStages];
   };
 
@@ -100,7 +102,7 @@ struct TileTraits {
   }
 
   static auto make_tma_q(const BlockSparseFwdParams& p) {
-    return make_tma_copy(SM90_TMA_LOAD{}, gmem_q(p), SmemLayoutQ{},
+    return make_tma_copy(SM90_TMA_LOAD{}, gmem_q(p), take<0, 2>(SmemLayoutQ{}),
                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
   }
   static auto make_tma_k(const BlockSparseFwdParams& p) {
