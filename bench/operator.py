@@ -195,6 +195,7 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--note", default="", help="free text stored with the result")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="sas-bench-") as folder:
@@ -206,6 +207,7 @@ def main() -> int:
         "machine": _machine(),
         "versions": _versions(),
         "resync_seconds": RESYNC_SECONDS,
+        "note": args.note,
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
