@@ -1,21 +1,38 @@
 """Idempotent apply of a service's children: server-side apply, owner references, pruning.
 
-Each wanted object is applied only when a server-side dry run says the apply would change the
-live object, so a resync with nothing to correct writes nothing. Children carrying this
-service's labels and owner reference that the spec no longer wants are deleted.
+A wanted object is applied only when the live one differs: when a field we set has another
+value there (drift), or when the hash of what we last applied, kept in an annotation, is not
+the hash of what we want now (a field we no longer set must be dropped by the apply). Fields
+the API server defaults or other controllers own do not count. So a resync with nothing to
+correct sends no write request at all. Children carrying this service's labels and owner
+reference that the spec no longer wants are deleted.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sas_operator.cluster import Cluster, object_key
 from sas_operator.render import MANAGED_BY
+from sas_operator.spec import GROUP
 
-__all__ = ["CHILD_KINDS", "ApplyResult", "Owner", "apply_children", "owner_reference"]
+__all__ = [
+    "APPLIED_HASH_ANNOTATION",
+    "CHILD_KINDS",
+    "ApplyResult",
+    "Owner",
+    "apply_children",
+    "covers",
+    "owner_reference",
+]
+
+APPLIED_HASH_ANNOTATION = f"{GROUP}/applied-hash"
+"""Annotation on every child: sha256 of the object as we last applied it."""
 
 CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ServiceAccount"),
@@ -72,19 +89,31 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
 
 
 def _owned(obj: Mapping[str, Any], owner: Owner) -> dict[str, Any]:
+    """The object as applied: with the owner reference and the hash of itself."""
     owned = copy.deepcopy(dict(obj))
     owned["metadata"]["ownerReferences"] = [owner_reference(owner)]
+    digest = hashlib.sha256(json.dumps(owned, sort_keys=True).encode()).hexdigest()
+    owned["metadata"]["annotations"] = {
+        **owned["metadata"].get("annotations", {}),
+        APPLIED_HASH_ANNOTATION: digest,
+    }
     return owned
 
 
-def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The object without what an apply does not decide (bookkeeping and status)."""
-    trimmed = copy.deepcopy(dict(obj))
-    trimmed.pop("status", None)
-    metadata = trimmed.get("metadata", {})
-    for key in ("managedFields", "resourceVersion", "generation"):
-        metadata.pop(key, None)
-    return trimmed
+def covers(live: Any, wanted: Any) -> bool:
+    """Whether `live` holds every field of `wanted` with the same value. Maps may hold more
+    (defaults, other owners' fields); lists must match element by element."""
+    if isinstance(wanted, Mapping):
+        return isinstance(live, Mapping) and all(
+            key in live and covers(live[key], value) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(covers(have, want) for have, want in zip(live, wanted, strict=True))
+        )
+    return bool(live == wanted)
 
 
 def _label(obj: Mapping[str, Any]) -> str:
@@ -109,11 +138,9 @@ def apply_children(
     for obj in objects:
         wanted = _owned(obj, owner)
         live = cluster.get(*object_key(wanted))
-        if live is not None:
-            preview = cluster.apply(wanted, field_manager=field_manager, dry_run=True)
-            if _comparable(preview) == _comparable(live):
-                unchanged.append(_label(wanted))
-                continue
+        if live is not None and covers(live, wanted):
+            unchanged.append(_label(wanted))
+            continue
         cluster.apply(wanted, field_manager=field_manager)
         applied.append(_label(wanted))
     wanted_keys = {object_key(obj) for obj in objects}

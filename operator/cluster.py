@@ -34,8 +34,8 @@ class Cluster(Protocol):
     get: the object, or None when it does not exist.
     list: objects of a kind in a namespace ("": every namespace) carrying every one of
       `labels`.
-    apply: server-side apply of `obj` by `field_manager`, conflicts forced; with dry_run the
-      server computes the result and stores nothing. Returns the resulting object.
+    apply: server-side apply of `obj` by `field_manager`, conflicts forced; returns the
+      resulting object.
     delete: delete the object if its uid is still `uid`, letting garbage collection remove
       what it owns; a missing object is not an error.
     patch_status: JSON merge patch of the object's status subresource (None values remove).
@@ -53,9 +53,7 @@ class Cluster(Protocol):
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]: ...
 
-    def apply(
-        self, obj: Mapping[str, Any], *, field_manager: str, dry_run: bool = False
-    ) -> dict[str, Any]: ...
+    def apply(self, obj: Mapping[str, Any], *, field_manager: str) -> dict[str, Any]: ...
 
     def delete(
         self, api_version: str, kind: str, namespace: str, name: str, *, uid: str
@@ -109,16 +107,13 @@ class KubernetesCluster:
         )
         return [dict(item) for item in found.to_dict()["items"]]
 
-    def apply(
-        self, obj: Mapping[str, Any], *, field_manager: str, dry_run: bool = False
-    ) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any], *, field_manager: str) -> dict[str, Any]:
         resource = self._resource(obj["apiVersion"], obj["kind"])
         result = resource.server_side_apply(
             body=dict(obj),
             namespace=obj["metadata"].get("namespace"),
             field_manager=field_manager,
             force_conflicts=True,
-            dry_run="All" if dry_run else None,
         )
         return dict(result.to_dict())
 

@@ -7,6 +7,7 @@ Degraded status, a Warning event and a retry delay, never an exception.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -30,6 +31,8 @@ from sas_operator.spec import GROUP, KIND, VERSION, SparseAttentionServiceSpec
 from sas_operator.status import Observation, Problem, build_status
 
 __all__ = ["API_VERSION", "Event", "ReconcileOutcome", "Reconciler", "spec_problem"]
+
+logger = logging.getLogger(__name__)
 
 API_VERSION = f"{GROUP}/{VERSION}"
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
@@ -126,6 +129,8 @@ class Reconciler:
                     body.get("spec") or {},
                     body.get("status") or {},
                 )
+        except _NamespaceTerminating:
+            return None
         except Exception:
             self.metrics.reconciles.labels(trigger, "error").inc()
             raise
@@ -136,9 +141,19 @@ class Reconciler:
         self.metrics.reconciles.labels(trigger, "degraded" if outcome.problem else "ok").inc()
         involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(meta)}
         for event in outcome.events:
-            self.cluster.create_event(
-                involved, type=event.type, reason=event.reason, message=event.message
-            )
+            try:
+                self.cluster.create_event(
+                    involved, type=event.type, reason=event.reason, message=event.message
+                )
+            except (ApiException, DynamicApiError) as exc:
+                if not _namespace_terminating(exc):
+                    logger.warning(
+                        "event %s on %s/%s not posted: %s",
+                        event.reason,
+                        namespace,
+                        name,
+                        _api_reason(exc),
+                    )
         return outcome
 
     def _reconcile(
@@ -181,6 +196,8 @@ class Reconciler:
             except UnrenderableSpec as exc:
                 problem = Problem(exc.reason, str(exc))
             except (ApiException, DynamicApiError) as exc:
+                if _namespace_terminating(exc):
+                    raise _NamespaceTerminating from exc
                 problem = Problem(
                     "ApplyFailed", f"the API server refused a child: {_api_reason(exc)}"
                 )
@@ -249,6 +266,16 @@ class Reconciler:
                 "create it with the model directory, or drop model.pvc",
             )
         return None
+
+
+class _NamespaceTerminating(Exception):
+    """The service's namespace is being deleted: nothing can be created there any more."""
+
+
+def _namespace_terminating(exc: Exception) -> bool:
+    return getattr(exc, "status", None) == 403 and "NamespaceTerminating" in str(
+        getattr(exc, "body", "") or ""
+    )
 
 
 def _api_reason(exc: Exception) -> str:

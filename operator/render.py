@@ -171,11 +171,12 @@ def _tolerations(spec: SparseAttentionServiceSpec) -> list[dict[str, Any]]:
 
 def _container(spec: SparseAttentionServiceSpec, settings: OperatorSettings) -> dict[str, Any]:
     gpus = spec.resources.gpus
-    requests: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
-    limits: dict[str, Any] = {"memory": spec.resources.memory}
+    # Quantities as strings, the form the API server returns them in.
+    requests = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    limits = {"memory": spec.resources.memory}
     if gpus:
-        requests["nvidia.com/gpu"] = gpus
-        limits["nvidia.com/gpu"] = gpus
+        requests["nvidia.com/gpu"] = str(gpus)
+        limits["nvidia.com/gpu"] = str(gpus)
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},

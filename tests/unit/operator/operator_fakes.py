@@ -2,8 +2,8 @@
 
 Server-side apply is modelled closely enough to test idempotence: the last applied
 configuration of our field manager is kept apart from fields written by others (`edit`); an
-apply replaces ours and, with conflicts forced, takes back any field it names. A dry run
-returns the result and stores nothing. Lists are atomic. Calls are recorded as (verb, resource)
+apply replaces ours and, with conflicts forced, takes back any field it names. Lists are
+atomic. Calls are recorded as (verb, resource)
 so tests can count writes and check them against the RBAC rules.
 """
 
@@ -153,9 +153,7 @@ class FakeCluster:
                 found.append(obj)
         return found
 
-    def apply(
-        self, obj: Mapping[str, Any], *, field_manager: str, dry_run: bool = False
-    ) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any], *, field_manager: str) -> dict[str, Any]:
         if obj["apiVersion"].startswith("monitoring.coreos.com") and (
             (obj["apiVersion"], obj["kind"]) not in self.served_kinds
         ):
@@ -167,10 +165,9 @@ class FakeCluster:
             obj["metadata"]["name"],
         )
         stored = self.objects.get(key)
-        if not dry_run:
-            self._record("patch", obj["apiVersion"], obj["kind"])
-            if stored is None:
-                self._record("create", obj["apiVersion"], obj["kind"])
+        self._record("patch", obj["apiVersion"], obj["kind"])
+        if stored is None:
+            self._record("create", obj["apiVersion"], obj["kind"])
         if stored is None:
             candidate = StoredObject(copy.deepcopy(dict(obj)), {}, f"uid-{next(self._uids)}", 1)
         else:
@@ -179,8 +176,7 @@ class FakeCluster:
             candidate = StoredObject(
                 copy.deepcopy(dict(obj)), theirs, stored.uid, stored.version + int(changed)
             )
-        if not dry_run:
-            self.objects[key] = candidate
+        self.objects[key] = candidate
         return candidate.view()
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, *, uid: str) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sas_operator.apply import CHILD_KINDS, ApplyResult, Owner, apply_children
+from sas_operator.apply import (
+    APPLIED_HASH_ANNOTATION,
+    CHILD_KINDS,
+    ApplyResult,
+    Owner,
+    apply_children,
+    covers,
+)
 from sas_operator.render import render
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import SparseAttentionServiceSpec
@@ -72,7 +79,7 @@ def test_foreign_fields_do_not_cause_writes_but_drift_in_ours_is_corrected() -> 
     deployment = cluster.view(key)
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["metadata"]["annotations"] == {"someone.else/note": "x"}
+    assert deployment["metadata"]["annotations"]["someone.else/note"] == "x"
 
 
 def test_children_the_spec_no_longer_wants_are_pruned() -> None:
@@ -117,3 +124,37 @@ def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
     deployment = cluster.view(key)
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 3
+
+
+def test_a_field_the_spec_no_longer_sets_is_dropped() -> None:
+    cluster = FakeCluster()
+    _apply(cluster, {"scheduling": {"nodeSelector": {"pool": "gpu"}}})
+    key = ("apps/v1", "Deployment", "ml", "minilm")
+    before = cluster.view(key)
+    assert before is not None
+    assert before["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+    result = _apply(cluster, {})
+    assert result.applied == ("Deployment/minilm",)
+    after = cluster.view(key)
+    assert after is not None
+    assert "nodeSelector" not in after["spec"]["template"]["spec"]
+    hashes = {o["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] for o in (before, after)}
+    assert len(hashes) == 2
+
+
+def test_covers_ignores_defaults_but_not_changed_or_missing_values() -> None:
+    wanted = {"spec": {"ports": [{"name": "http", "port": 80}], "type": "ClusterIP"}}
+    defaulted = {
+        "spec": {
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "type": "ClusterIP",
+            "clusterIP": "10.0.0.1",
+        }
+    }
+    assert covers(defaulted, wanted)
+    assert not covers(
+        {"spec": {"ports": [{"name": "http", "port": 81}], "type": "ClusterIP"}}, wanted
+    )
+    assert not covers({"spec": {"ports": [], "type": "ClusterIP"}}, wanted)
+    assert not covers({"spec": {"type": "ClusterIP"}}, wanted)
+    assert not covers({"spec": "ClusterIP"}, wanted)

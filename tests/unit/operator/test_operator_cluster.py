@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import kmock
-import pytest
 from kubernetes import client
 
 from sas_operator.cluster import EVENT_SOURCE, KubernetesCluster
@@ -81,20 +80,17 @@ async def test_get_and_list(kmock: Any) -> None:
     assert _last(kmock, "GET").params["labelSelector"] == "a=1,b=2"
 
 
-@pytest.mark.parametrize("dry_run", [True, False])
-async def test_apply_is_a_forced_server_side_apply(kmock: Any, dry_run: bool) -> None:
+async def test_apply_is_a_forced_server_side_apply(kmock: Any) -> None:
     _declare(kmock)
     kmock.objects[CONFIG_MAPS, "ml", "minilm"] = CONFIG_MAP
     cluster = await _cluster(kmock)
-    await asyncio.to_thread(
-        cluster.apply, CONFIG_MAP, field_manager="sas-operator", dry_run=dry_run
-    )
+    await asyncio.to_thread(cluster.apply, CONFIG_MAP, field_manager="sas-operator")
     request = _last(kmock, "PATCH")
     assert request.url.path == "/api/v1/namespaces/ml/configmaps/minilm"
     assert request.headers["Content-Type"] == "application/apply-patch+yaml"
     assert request.params["fieldManager"] == "sas-operator"
     assert request.params["force"] == "true"
-    assert request.params.get("dryRun") == ("All" if dry_run else None)
+    assert "dryRun" not in request.params
     assert json.loads(request.body) == CONFIG_MAP
 
 

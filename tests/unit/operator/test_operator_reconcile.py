@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from sas_operator.reconcile import Reconciler
 from sas_operator.runtime_info import BackendReport
@@ -210,3 +212,44 @@ def test_a_service_that_is_gone_or_going_is_left_alone() -> None:
     cluster.calls.clear()
     assert reconciler.reconcile("ml", "minilm", trigger="test") is None
     assert cluster.writes() == []
+
+
+TERMINATING = ApiException(status=403, reason="Forbidden")
+TERMINATING.body = '{"details": {"causes": [{"reason": "NamespaceTerminating"}]}}'
+
+
+class TerminatingNamespace(FakeCluster):
+    """A namespace being deleted: nothing new can be created in it."""
+
+    def apply(self, obj: Mapping[str, Any], *, field_manager: str) -> dict[str, Any]:
+        if self.view((obj["apiVersion"], obj["kind"], "ml", obj["metadata"]["name"])) is None:
+            raise TERMINATING
+        return super().apply(obj, field_manager=field_manager)
+
+    def create_event(
+        self, involved: Mapping[str, Any], *, type: str, reason: str, message: str
+    ) -> None:
+        raise TERMINATING
+
+
+def test_a_terminating_namespace_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    cluster = TerminatingNamespace()
+    key = sas_object(cluster, {})
+    assert _reconciler(cluster).reconcile("ml", "minilm", trigger="test") is None
+    assert cluster.view(key) is not None
+    assert [c for c in cluster.calls if c[0] in ("patch-status", "create-event")] == []
+    assert "forbidden" not in caplog.text.lower()
+
+
+def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile() -> None:
+    class NoEvents(FakeCluster):
+        def create_event(
+            self, involved: Mapping[str, Any], *, type: str, reason: str, message: str
+        ) -> None:
+            raise ApiException(status=500, reason="Internal Server Error")
+
+    cluster = NoEvents()
+    key = sas_object(cluster, {})
+    outcome = _reconcile(_reconciler(cluster), key)
+    assert [e.reason for e in outcome.events] == ["Applied", "MonitoringOff"]
+    assert ("Deployment", "minilm") in cluster.kinds()

@@ -133,8 +133,8 @@ def test_gpu_limits_node_selection_and_tolerations() -> None:
     }
     pod = _by_kind(_render(spec))["Deployment"]["spec"]["template"]["spec"]
     resources = pod["containers"][0]["resources"]
-    assert resources["limits"]["nvidia.com/gpu"] == 2
-    assert resources["requests"]["nvidia.com/gpu"] == 2
+    assert resources["limits"]["nvidia.com/gpu"] == "2"
+    assert resources["requests"]["nvidia.com/gpu"] == "2"
     (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
