@@ -77,46 +77,87 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     clear(tOrO);
     OnlineSoftmax<kRows> softmax(p.scale_log2);
 
-    const int q_stage = q_ring.stage();
-    if (blocks.total > 0) {
-      TransactionBarrier::wait(&smem.full_q[q_stage], q_ring.phase());
+    if (blocks.total == 0) {
+      float lse[kRows];
+      softmax.finish(tOrO_rc, lse);
+      store_output<Traits>(tOrO, tOcO, tScS_rc, lse, p, tile.m_block, tile.head, tile.batch);
+      continue;
     }
+    const int q_stage = q_ring.stage();
+    TransactionBarrier::wait(&smem.full_q[q_stage], q_ring.phase());
 
-    CUTE_NO_UNROLL
-    for (int j = 0; j < blocks.total; ++j, ++kv_ring.count) {
+    // Issues S = Q K^T for the block at the ring's current position.
+    auto score_block = [&](auto& tSrS) {
       const int stage = kv_ring.stage();
-      const int phase = kv_ring.phase();
-      const int n_block = blocks.block(j);
-      const int kv_offset = n_block * kBlockN;
-
-      Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-      TransactionBarrier::wait(&smem.full_k[stage], phase);
-      warpgroup_gemm<true, false>(mma_qk, tSrQ(_, _, _, q_stage), tSrK(_, _, _, stage), tSrS);
-      release(&smem.empty_k[stage], is_signaller);
-
+      TransactionBarrier::wait(&smem.full_k[stage], kv_ring.phase());
+      warpgroup_gemm_issue<true, false>(mma_qk, tSrQ(_, _, _, q_stage), tSrK(_, _, _, stage),
+                                        tSrS);
+    };
+    // Masks S for block j where it needs it (partial, or crossing the end of the keys).
+    auto mask_block = [&](int j, auto& tSrS) {
+      const int kv_offset = blocks.block(j) * kBlockN;
       Tensor tSrS_rc = make_tensor(tSrS.data(), accumulator_rows_cols(tSrS.layout()));
-      const bool crosses_end = n_block < 0 || kv_offset + kBlockN > kv_len;
       if (blocks.is_partial(j)) {
         apply_element_mask<true>(tSrS_rc, tScS_rc, q_offset, kv_offset, kv_len, rules, p.q_len);
-      } else if (crosses_end) {
+      } else if (kv_offset < 0 || kv_offset + kBlockN > kv_len) {
         apply_element_mask<false>(tSrS_rc, tScS_rc, q_offset, kv_offset, kv_len, rules, p.q_len);
       }
-      softmax.step(tSrS_rc, tOrO_rc);
+      return tSrS_rc;
+    };
 
-      Tensor tOrP = make_tensor_like<Element>(tSrS);
+    // Block 0: S_0 and P_0. Then for each block j, S_j's GEMM and P_{j-1} V_{j-1} are in flight
+    // together, and S_j's softmax overlaps the P V product (FlashAttention 3's intra-warpgroup
+    // overlap); the output is rescaled once the product has landed.
+    Tensor tOrP = make_tensor<Element>(
+        partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{}).layout());
+    Tensor tOrP_a = make_tensor(tOrP.data(), accumulator_as_operand_a(tOrP.layout()));
+    float correction[kRows];
+    {
+      Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      score_block(tSrS);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tSrS);
+      release(&smem.empty_k[kv_ring.stage()], is_signaller);
+      auto tSrS_rc = mask_block(0, tSrS);
+      softmax.update(tSrS_rc, correction);
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
         tOrP(i) = Element(tSrS(i));
       }
-      Tensor tOrP_a = make_tensor(tOrP.data(), accumulator_as_operand_a(tSrS.layout()));
-      TransactionBarrier::wait(&smem.full_v[stage], phase);
-      warpgroup_gemm<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, stage), tOrO);
-      release(&smem.empty_v[stage], is_signaller);
     }
-    if (blocks.total > 0) {
-      release(&smem.empty_q[q_stage], is_signaller);
-      ++q_ring.count;
+    CUTE_NO_UNROLL
+    for (int j = 1; j < blocks.total; ++j) {
+      const int previous_stage = kv_ring.stage();
+      const int previous_phase = kv_ring.phase();
+      ++kv_ring.count;
+      Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      score_block(tSrS);
+      TransactionBarrier::wait(&smem.full_v[previous_stage], previous_phase);
+      warpgroup_gemm_issue<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, previous_stage), tOrO);
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(tSrS);
+      release(&smem.empty_k[kv_ring.stage()], is_signaller);
+      auto tSrS_rc = mask_block(j, tSrS);
+      softmax.update(tSrS_rc, correction);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      warpgroup_fence_operand(tOrP_a);
+      release(&smem.empty_v[previous_stage], is_signaller);
+      OnlineSoftmax<kRows>::rescale(tOrO_rc, correction);
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        tOrP(i) = Element(tSrS(i));
+      }
     }
+    TransactionBarrier::wait(&smem.full_v[kv_ring.stage()], kv_ring.phase());
+    warpgroup_gemm_issue<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, kv_ring.stage()), tOrO);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
+    warpgroup_fence_operand(tOrP_a);
+    release(&smem.empty_v[kv_ring.stage()], is_signaller);
+    ++kv_ring.count;
+    release(&smem.empty_q[q_stage], is_signaller);
+    ++q_ring.count;
 
     float lse[kRows];
     softmax.finish(tOrO_rc, lse);

@@ -133,10 +133,11 @@ struct Producer {
   }
 };
 
-// C (+)= A B on the calling warpgroup's tensor cores; waits for completion. kARegisters: A is a
-// register fragment (else a shared-memory descriptor view).
+// Issues C (+)= A B on the calling warpgroup's tensor cores as one commit group, without
+// waiting; the caller waits with warpgroup_wait<N>() and then fences C (and A if registers).
+// kARegisters: A is a register fragment (else a shared-memory descriptor view).
 template <bool kZeroInit, bool kARegisters, class TiledMma, class TA, class TB, class TC>
-CUTE_DEVICE void warpgroup_gemm(TiledMma& tiled_mma, TA&& a, TB const& b, TC& c) {
+CUTE_DEVICE void warpgroup_gemm_issue(TiledMma& tiled_mma, TA&& a, TB const& b, TC& c) {
   if constexpr (kARegisters) {
     warpgroup_fence_operand(a);
   }
@@ -151,11 +152,6 @@ CUTE_DEVICE void warpgroup_gemm(TiledMma& tiled_mma, TA&& a, TB const& b, TC& c)
     tiled_mma.accumulate_ = GMMA::ScaleOut::One;
   }
   warpgroup_commit_batch();
-  warpgroup_wait<0>();
-  warpgroup_fence_operand(c);
-  if constexpr (kARegisters) {
-    warpgroup_fence_operand(a);
-  }
 }
 
 // ((2, 2, N/8), MMA_M, MMA_N) accumulator -> ((2, 2, 2), MMA_M, (N/16, MMA_N)): the register

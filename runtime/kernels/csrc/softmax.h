@@ -36,9 +36,11 @@ struct OnlineSoftmax {
     }
   }
 
-  // Turns scores into unnormalised probabilities in place and rescales the output rows.
-  template <class Scores, class Output>
-  CUTE_DEVICE void step(Scores& scores_rc, Output& out_rc) {
+  // Turns scores into unnormalised probabilities in place, updates the row sums, and returns
+  // in `correction` the factor the output rows must be rescaled by (see `rescale`); split so
+  // that this part can run while the previous block's P V product is still in flight.
+  template <class Scores>
+  CUTE_DEVICE void update(Scores& scores_rc, float (&correction)[kRows]) {
     static_assert(decltype(size<0>(scores_rc))::value == kRows);
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -51,7 +53,7 @@ struct OnlineSoftmax {
       const float new_max = fmaxf(row_max[r], block_max);
       // A row that has seen only masked keys keeps max -inf: use 0 so exp2 gives 0, not NaN.
       const float base = new_max == -INFINITY ? 0.f : new_max;
-      const float correction = exp2f(row_max[r] - base);
+      correction[r] = exp2f(row_max[r] - base);
       row_max[r] = new_max;
       float sum = 0.f;
       CUTE_UNROLL
@@ -60,10 +62,17 @@ struct OnlineSoftmax {
         scores_rc(r, c) = p;
         sum += p;
       }
-      row_sum[r] = row_sum[r] * correction + sum;
+      row_sum[r] = row_sum[r] * correction[r] + sum;
+    }
+  }
+
+  template <class Output>
+  CUTE_DEVICE static void rescale(Output& out_rc, const float (&correction)[kRows]) {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
       CUTE_UNROLL
       for (int c = 0; c < size<1>(out_rc); ++c) {
-        out_rc(r, c) *= correction;
+        out_rc(r, c) *= correction[r];
       }
     }
   }
