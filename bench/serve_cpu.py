@@ -270,7 +270,7 @@ def main() -> int:
         "benchmark": "serve-cpu",
         "date": now.isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "bench.serve_cpu", *sys.argv[1:]]),
-        "machine": machine,
+        "machine": machine | {"load_average_1_5_15_min_at_end": list(os.getloadavg())},
         "versions": _versions(),
         "load": load | {"request": "one short sentence per request", "loopback": True},
         "config": config,
