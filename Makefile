@@ -11,7 +11,7 @@ CACHE_DIR ?= $(HOME)/.cache/sparse-attention-operator
 export PIP_CACHE_DIR := $(CACHE_DIR)/pip
 EXTRAS := operator,runtime,dev,kernels-build
 
-.PHONY: help venv lint typecheck test test-unit test-e2e crds demo demo-runtime clean tools lint-tools
+.PHONY: help venv lint typecheck test test-unit test-e2e crds demo demo-runtime clean tools lint-tools kernels
 
 help:
 	@echo "make demo   run the operator end to end on the embedded local cluster"
@@ -58,6 +58,11 @@ demo-runtime: venv
 
 crds: venv
 	$(BIN)/python -m sas_operator.crd --write crds/
+
+# The sparse-attention kernels for sm_90a (nvcc from the cuda-toolkit wheel when no CUDA_HOME);
+# SAS_KERNEL_DTYPES / SAS_KERNEL_HEAD_DIMS trim the instantiations.
+kernels: venv
+	$(BIN)/python -m sas_runtime.kernels.build
 
 test-unit: venv
 	$(BIN)/pytest -m "not e2e and not gpu"
