@@ -31,7 +31,7 @@ class Cluster(Protocol):
     """What the reconciler may ask of the API server. Objects are plain dicts.
 
     served: whether the API server serves `kind` in `api_version` (discovery, asked anew).
-    get: the object, or None when it does not exist.
+    get: the object, or None when it does not exist (namespace "" for cluster-scoped kinds).
     list: objects of a kind in a namespace ("": every namespace) carrying every one of
       `labels`.
     apply: server-side apply of `obj` by `field_manager`, conflicts forced; returns the
@@ -93,7 +93,7 @@ class KubernetesCluster:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = self._resource(api_version, kind).get(name=name, namespace=namespace)
+            found = self._resource(api_version, kind).get(name=name, namespace=namespace or None)
         except NotFoundError:
             return None
         return dict(found.to_dict())

@@ -108,29 +108,21 @@ def _map_schema(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, 
 
 
 def _default(value: Any, schema: dict[str, Any]) -> Any:
-    """A default as the API server should store it: nulls pruned, and an object whose every
-    field is at its own default written as `{}` (the API server fills in the rest)."""
+    """A default as the API server should store it: nulls pruned, every nested default written
+    out. The API server checks CEL rules against a default as written, before nested defaults
+    apply, so an object default of `{}` would fail rules that read its fields."""
     if isinstance(value, dict):
         properties = schema.get("properties", {})
-        kept = {
-            k: _default(v, properties.get(k, {}))
-            for k, v in value.items()
-            if v is not None and not (k in properties and _is_own_default(v, properties[k]))
-        }
-        return kept
+        return {k: _default(v, properties.get(k, {})) for k, v in value.items() if v is not None}
     return copy.deepcopy(value)
-
-
-def _is_own_default(value: Any, schema: dict[str, Any]) -> bool:
-    if "default" not in schema:
-        return False
-    return bool(_default(value, schema) == schema["default"])
 
 
 def build_crd() -> dict[str, Any]:
     """The CustomResourceDefinition object."""
     spec_schema = structural_schema(SparseAttentionServiceSpec)
-    spec_schema["default"] = {}
+    spec_schema["default"] = _default(
+        SparseAttentionServiceSpec().model_dump(mode="json", by_alias=True), spec_schema
+    )
     status_schema = structural_schema(SparseAttentionServiceStatus)
     root = {
         "type": "object",

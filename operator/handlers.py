@@ -2,7 +2,8 @@
 
 - create / update / resume of a SparseAttentionService reconcile it;
 - every event of a Deployment we own reconciles its owner (drift, rollout progress, status);
-- a resync loop, started at start-up, reconciles every service every SAS_OPERATOR_RESYNC_SECONDS.
+- a resync loop, started at start-up, reconciles every service every SAS_OPERATOR_RESYNC_SECONDS,
+  except while kopf's peering has paused this operator.
 
 No delete handler, timer or daemon: kopf would add a finalizer for those, and a finalizer
 makes deletion hang whenever the operator is down. Owner references let the garbage
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -22,6 +24,7 @@ from prometheus_client import start_http_server
 
 from sas_operator.cluster import Cluster, KubernetesCluster
 from sas_operator.metrics import OperatorMetrics
+from sas_operator.peering import PeeringGate
 from sas_operator.reconcile import API_VERSION, Reconciler
 from sas_operator.render import MANAGED_BY
 from sas_operator.settings import OperatorSettings
@@ -50,7 +53,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         start_http_server(sas_settings.metrics_port, registry=metrics.registry)
     memo.settings = sas_settings
     memo.reconciler = Reconciler(cluster, sas_settings, metrics=metrics)
-    memo.resync = asyncio.create_task(_resync_forever(memo.reconciler))
+    identity = memo.get("identity")
+    if sas_settings.peering is not None and identity is None:
+        logger.warning(
+            "peering without a known peer id (POD_ID): the resync loop cannot follow pauses"
+        )
+    gate = PeeringGate(
+        sas_settings.peering if identity is not None else None,
+        identity or "",
+        sas_settings.peering_priority,
+    )
+    memo.resync = asyncio.create_task(_resync_forever(memo.reconciler, gate))
 
 
 @kopf.on.cleanup()
@@ -87,11 +100,14 @@ def on_owned_deployment(meta: kopf.Meta, namespace: str | None, memo: kopf.Memo,
     reconciler.reconcile(namespace, owner, trigger="deployment")
 
 
-def resync_all(reconciler: Reconciler) -> int:
-    """Reconcile every service in the watched namespaces once; returns how many."""
-    namespaces = reconciler.settings.namespaces or ("",)
+def resync_all(reconciler: Reconciler, gate: PeeringGate) -> int:
+    """Reconcile every service in the watched namespaces once, skipping those where kopf's
+    peering pauses this operator; returns how many were reconciled."""
+    scopes = reconciler.settings.namespaces or ("",)
     count = 0
-    for namespace in namespaces:
+    for namespace in scopes:
+        if gate.paused(reconciler.cluster, namespace, datetime.now(UTC)):
+            continue
         for body in reconciler.cluster.list(API_VERSION, KIND, namespace, {}):
             meta = body["metadata"]
             try:
@@ -102,11 +118,11 @@ def resync_all(reconciler: Reconciler) -> int:
     return count
 
 
-async def _resync_forever(reconciler: Reconciler) -> None:
+async def _resync_forever(reconciler: Reconciler, gate: PeeringGate) -> None:
     while True:
         await asyncio.sleep(reconciler.settings.resync_seconds)
         try:
-            await asyncio.to_thread(resync_all, reconciler)
+            await asyncio.to_thread(resync_all, reconciler, gate)
         except Exception:
             logger.exception(
                 "resync pass failed; next one in %ss", reconciler.settings.resync_seconds

@@ -45,6 +45,10 @@ class OperatorSettings:
     """SAS_OPERATOR_PEERING: kopf peering object name, so that of several operator replicas only one is
     active (needs kopf's peering CRDs); unset (the default) runs standalone, one replica."""
 
+    peering_priority: int = 0
+    """SAS_OPERATOR_PEERING_PRIORITY: this operator's kopf peering priority; a live peer of a
+    higher or the same priority pauses it (default 0)."""
+
     log_format: LogFormat = "json"
     """SAS_OPERATOR_LOG_FORMAT: plain, full or json (the default, for log collectors)."""
 
@@ -107,6 +111,9 @@ class OperatorSettings:
                 if n.strip()
             ),
             peering=env.get("SAS_OPERATOR_PEERING") or None,
+            peering_priority=_integer(
+                env, "SAS_OPERATOR_PEERING_PRIORITY", defaults.peering_priority
+            ),
             log_format=cast(
                 LogFormat, _choice(env, "SAS_OPERATOR_LOG_FORMAT", LogFormat, defaults.log_format)
             ),
@@ -142,6 +149,16 @@ def _choice(env: Mapping[str, str], name: str, choices: Any, default: str) -> st
     if value not in allowed:
         raise SettingsError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
     return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:

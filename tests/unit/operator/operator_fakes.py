@@ -34,6 +34,8 @@ PLURALS = {
     "Secret": "secrets",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Event": "events",
+    "ClusterKopfPeering": "clusterkopfpeerings",
+    "KopfPeering": "kopfpeerings",
     KIND: PLURAL,
 }
 

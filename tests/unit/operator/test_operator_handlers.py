@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import kmock
@@ -18,6 +19,7 @@ import pytest
 from kopf._cogs.structs.credentials import Vault  # kopf 1.45 exports no credentials store
 
 from sas_operator import handlers  # importing registers them in kopf's default registry
+from sas_operator.peering import PeeringGate
 from sas_operator.reconcile import API_VERSION, Reconciler
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION
@@ -193,5 +195,29 @@ def test_resync_reconciles_every_service_in_the_watched_namespaces() -> None:
     sas_object(cluster, {}, name="c", namespace="other")
     settings = OperatorSettings(namespaces=("ml",))
     reconciler = Reconciler(cluster, settings, read_backend=lambda url, *, timeout: None)
-    assert handlers.resync_all(reconciler) == 2
+    assert handlers.resync_all(reconciler, PeeringGate(None, "me")) == 2
     assert {name for kind, name in cluster.kinds() if kind == "Deployment"} == {"a", "b"}
+
+
+def test_resync_does_nothing_while_kopf_peering_pauses_the_operator() -> None:
+    cluster = FakeCluster()
+    sas_object(cluster, {}, name="a", namespace="ml")
+    cluster.put(
+        {
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": "sas-operator"},
+            "status": {
+                "me": {"priority": 0, "lifetime": 60, "lastseen": _now_iso()},
+                "other": {"priority": 0, "lifetime": 60, "lastseen": _now_iso()},
+            },
+        }
+    )
+    reconciler = Reconciler(cluster, OperatorSettings(), read_backend=lambda url, *, timeout: None)
+    assert handlers.resync_all(reconciler, PeeringGate("sas-operator", "me")) == 0
+    assert cluster.writes() == []
+    assert handlers.resync_all(reconciler, PeeringGate("sas-operator", "me", priority=1)) == 1
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
