@@ -15,7 +15,6 @@ import pytest
 
 from hack.cluster import chart
 from hack.cluster.cluster import LocalCluster, local_cluster
-from hack.cluster.kube import CommandFailed
 from hack.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.e2e
@@ -23,9 +22,6 @@ pytestmark = pytest.mark.e2e
 CRD = "customresourcedefinitions.apiextensions.k8s.io"
 SAS_CRD = "sparseattentionservices.sparseattention.io"
 WATCHED, UNWATCHED = "ml-serving", "ml-other"
-KNOWN_CRD_REJECTION = "no such key"
-"""The API server's words for the generated CRD's object defaults that lack keys its CEL rules
-read (issue 2, open); any other install failure fails these tests."""
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +30,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with local_cluster(tmp_path_factory.mktemp("chart-cluster")) as running:
         for namespace in (WATCHED, UNWATCHED):
             running.admin.run("create", "namespace", namespace)
-        try:
-            chart.install_chart(running, f"operator.watchNamespaces={{{WATCHED}}}")
-        except CommandFailed as error:
-            if KNOWN_CRD_REJECTION not in str(error):
-                raise
-            pytest.xfail(f"the API server rejects the generated CRD (issue 2): {error}")
+        chart.install_chart(running, f"operator.watchNamespaces={{{WATCHED}}}")
         yield running
 
 
