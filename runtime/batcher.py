@@ -95,6 +95,7 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._fallback_seen: str | None = None
+        self._fallback_counts_seen: dict[str, int] = {}
 
     @property
     def pending(self) -> int:
@@ -308,6 +309,11 @@ class Batcher:
         if info.fallback_reason is not None and info.fallback_reason != self._fallback_seen:
             self._metrics.backend_fallbacks.labels(reason=info.fallback_reason).inc()
         self._fallback_seen = info.fallback_reason
+        for reason, count in info.fallback_counts.items():
+            seen = self._fallback_counts_seen.get(reason, 0)
+            if count > seen:
+                self._metrics.backend_fallbacks.labels(reason=reason).inc(count - seen)
+            self._fallback_counts_seen[reason] = count
         self._metrics.backend_info.clear()
         self._metrics.backend_info.labels(
             model=info.model, backend=info.backend, pattern=info.pattern, device=info.device

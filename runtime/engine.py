@@ -57,6 +57,9 @@ class EngineInfo:
     backend: the attention backend actually serving ('sparse', 'dense', 'reference').
     fallback_reason: why the configured choice is not the one serving; None when it is.
     skipped: each backend `auto` passed over, with its reasons.
+    fallback_counts: batches that ran dense instead of sparse, by reason label (cumulative).
+    warmup_seconds: how long warm-up took (CUDA graph capture included); None before it ran.
+    cuda_graphs: graphs captured at warm-up; cuda_graph_memory_bytes: device memory they hold.
     """
 
     model: str
@@ -68,6 +71,10 @@ class EngineInfo:
     pattern: str
     fallback_reason: str | None = None
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    fallback_counts: dict[str, int] = field(default_factory=dict)
+    warmup_seconds: float | None = None
+    cuda_graphs: int = 0
+    cuda_graph_memory_bytes: int = 0
 
 
 class Engine(Protocol):

@@ -18,7 +18,14 @@ from sas_runtime.block_mask import compile_block_mask, pattern_needs_scores
 from sas_runtime.config import PatternConfig, PatternType
 from sas_runtime.model_files import BertConfig, ModelDirectoryError, PoolingMode
 
-__all__ = ["BertEmbeddings", "BertEncoder", "BertLayer", "SentenceEncoder", "pool_embeddings"]
+__all__ = [
+    "BertEmbeddings",
+    "BertEncoder",
+    "BertLayer",
+    "SentenceEncoder",
+    "padded_attention_metadata",
+    "pool_embeddings",
+]
 
 # Hugging Face BertModel parameter names -> ours.
 _WEIGHT_NAMES: list[tuple[re.Pattern[str], str]] = [
@@ -104,42 +111,73 @@ class BertLayer(nn.Module):
         return out
 
 
+def padded_attention_metadata(
+    backend: AttentionBackend, pattern: PatternConfig, lengths: Tensor, max_length: int
+) -> AttentionMetadata:
+    """Self-attention metadata for a batch padded to `max_length`, the padding always masked
+    (even when no text is padded), so its tensors' shapes depend only on the batch shape: what
+    a captured CUDA graph needs to refresh them in place. Not for top-k (it needs scores)."""
+    return _compile_metadata(backend, pattern, lengths, max_length, lengths, None, None)
+
+
+def _compile_metadata(
+    backend: AttentionBackend,
+    pattern: PatternConfig,
+    lengths: Tensor,
+    max_length: int,
+    kv_lengths: Tensor | None,
+    q: Tensor | None,
+    k: Tensor | None,
+) -> AttentionMetadata:
+    batch = lengths.shape[0]
+    # A text is one document: 'document' over a text is all-zero document ids.
+    document_ids = (
+        torch.zeros(batch, max_length, dtype=torch.int32, device=lengths.device)
+        if pattern.type is PatternType.DOCUMENT
+        else None
+    )
+    block_mask = compile_block_mask(
+        pattern,
+        batch=batch,
+        q_len=max_length,
+        kv_len=max_length,
+        kv_lengths=kv_lengths,
+        document_ids=document_ids,
+        q=q,
+        k=k,
+        device=lengths.device,
+    )
+    return backend.build_metadata(block_mask)
+
+
 class _Attend:
-    """Self-attention for one forward pass: one block mask for the batch, or one per layer
-    when the pattern picks blocks from the layer's own scores (top-k)."""
+    """Self-attention for one forward pass: one block mask for the batch (given, or compiled
+    here), or one per layer when the pattern picks blocks from the layer's own scores (top-k)."""
 
     def __init__(
-        self, backend: AttentionBackend, pattern: PatternConfig, lengths: Tensor, max_length: int
+        self,
+        backend: AttentionBackend,
+        pattern: PatternConfig,
+        lengths: Tensor,
+        max_length: int,
+        metadata: AttentionMetadata | None,
     ) -> None:
         self.backend = backend
         self.pattern = pattern
-        self.batch = lengths.shape[0]
+        self.lengths = lengths
         self.length = max_length
-        self.device = lengths.device
-        self.kv_lengths = None if bool((lengths == max_length).all()) else lengths
-        # A text is one document: 'document' over a text is all-zero document ids.
-        self.document_ids = (
-            torch.zeros(self.batch, max_length, dtype=torch.int32, device=lengths.device)
-            if pattern.type is PatternType.DOCUMENT
-            else None
-        )
-        self.shared: AttentionMetadata | None = None
-        if not pattern_needs_scores(pattern):
-            self.shared = self._metadata(None, None)
+        self.shared = metadata
+        self.kv_lengths: Tensor | None = None
+        if metadata is None:
+            if not bool((lengths == max_length).all()):
+                self.kv_lengths = lengths
+            if not pattern_needs_scores(pattern):
+                self.shared = self._metadata(None, None)
 
     def _metadata(self, q: Tensor | None, k: Tensor | None) -> AttentionMetadata:
-        block_mask = compile_block_mask(
-            self.pattern,
-            batch=self.batch,
-            q_len=self.length,
-            kv_len=self.length,
-            kv_lengths=self.kv_lengths,
-            document_ids=self.document_ids,
-            q=q,
-            k=k,
-            device=self.device,
+        return _compile_metadata(
+            self.backend, self.pattern, self.lengths, self.length, self.kv_lengths, q, k
         )
-        return self.backend.build_metadata(block_mask)
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         metadata = self.shared if self.shared is not None else self._metadata(q, k)
@@ -191,9 +229,13 @@ class BertEncoder(nn.Module):
         *,
         backend: AttentionBackend,
         pattern: PatternConfig,
+        metadata: AttentionMetadata | None = None,
     ) -> Tensor:
-        """input_ids [B, S] padded after each sequence's `lengths` [B] -> hidden [B, S, hidden]."""
-        attend = _Attend(backend, pattern, lengths, input_ids.shape[1])
+        """input_ids [B, S] padded after each sequence's `lengths` [B] -> hidden [B, S, hidden].
+
+        metadata: the batch's self-attention metadata when the caller built it (a captured
+        CUDA graph does, with `padded_attention_metadata`); compiled here when None."""
+        attend = _Attend(backend, pattern, lengths, input_ids.shape[1], metadata)
         x: Tensor = self.embeddings(input_ids)
         for layer in self.layers:
             x = layer(x, attend)
@@ -238,7 +280,11 @@ class SentenceEncoder(nn.Module):
         *,
         backend: AttentionBackend,
         pattern: PatternConfig,
+        metadata: AttentionMetadata | None = None,
     ) -> Tensor:
-        """input_ids [B, S] (padded), lengths [B] -> float32 embeddings [B, hidden]."""
-        hidden = self.encoder(input_ids, lengths, backend=backend, pattern=pattern)
+        """input_ids [B, S] (padded), lengths [B] -> float32 embeddings [B, hidden]; metadata as
+        for `BertEncoder.forward`."""
+        hidden = self.encoder(
+            input_ids, lengths, backend=backend, pattern=pattern, metadata=metadata
+        )
         return pool_embeddings(hidden, lengths, self.pooling, normalize=self.normalize)

@@ -3,22 +3,35 @@
 `build_engine(config)` loads the configured model directory, picks the device and dtype, and
 selects the attention backend (an explicit backend that cannot run raises
 `BackendUnavailableError`, so the pod refuses to start; `auto` records why it fell back).
-`embed` runs through `_forward_embeddings`, the one place a captured CUDA graph can later
-replace the eager forward.
+`embed` runs through `_forward_embeddings`, where a CUDA graph captured at warm-up
+(`sas_runtime.cuda_graphs`) replaces the eager forward when a bucket holds the batch. Whatever
+runs on the sparse backend goes through the correctness guard (`sas_runtime.sparse_guard`):
+launch checks, a kernel error sends the batch to dense, and a sampled dense comparison that
+fails switches the service to dense for good. NVTX ranges mark batch assembly, host-to-device
+copies, the forward and the device-to-host copy (no-ops without a profiler attached).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import nvtx
 import torch
 from tokenizers import Tokenizer
 
 from sas_runtime.attention import AttentionBackend, AttentionSpec, select_backend
-from sas_runtime.attention.registry import BackendSelection, BackendUnavailableError
-from sas_runtime.block_mask import compile_block_mask
+from sas_runtime.attention.backend import AttentionMetadata
+from sas_runtime.attention.registry import (
+    BACKEND_PATHS,
+    BackendSelection,
+    BackendUnavailableError,
+    load_backend_class,
+)
+from sas_runtime.block_mask import BlockMask, compile_block_mask, pattern_needs_scores
 from sas_runtime.config import (
     AttentionBackendName,
     AttentionDType,
@@ -26,14 +39,22 @@ from sas_runtime.config import (
     PatternType,
     RuntimeConfig,
 )
+from sas_runtime.cuda_graphs import GraphBuckets, GraphedForward
 from sas_runtime.engine import AttentionInput, EncodedText, EngineInfo
-from sas_runtime.model import SentenceEncoder
+from sas_runtime.model import SentenceEncoder, padded_attention_metadata
 from sas_runtime.model_files import (
     ModelDirectoryError,
     ModelFiles,
     load_weights,
     model_directory,
     read_model_directory,
+)
+from sas_runtime.sparse_guard import (
+    FALLBACK_KERNEL_ERROR,
+    FALLBACK_LAUNCH_CHECK,
+    GuardedSparseBackend,
+    SparseGuard,
+    SparseLaunchError,
 )
 
 __all__ = [
@@ -54,6 +75,9 @@ _TORCH_DTYPES = {
     AttentionDType.FLOAT32: torch.float32,
 }
 _WARMUP_TEXTS = ("warm-up", "a somewhat longer warm-up sentence for the encoder")
+_NVTX_DOMAIN = "sas"
+
+logger = logging.getLogger(__name__)
 
 
 class EngineStartError(Exception):
@@ -73,10 +97,20 @@ def choose_device(requested: DeviceName) -> torch.device:
 
 class ModelEngine:
     """Engine over one SentenceEncoder. `encode` is thread-safe; `embed` and `attend` are
-    called by one worker thread at a time (see `sas_runtime.engine.Engine`)."""
+    called by one worker thread at a time (see `sas_runtime.engine.Engine`).
 
-    def __init__(self, config: RuntimeConfig, *, device: torch.device) -> None:
+    backend_paths: attention backend name -> 'module:ClassName' (tests register fake backends
+    here, e.g. a faulty `sparse`, as `select_backend` takes them)."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        device: torch.device,
+        backend_paths: Mapping[AttentionBackendName, str] = BACKEND_PATHS,
+    ) -> None:
         self._config = config
+        self._paths = backend_paths
         self._device = device
         self._dtype = (
             torch.float32 if device.type == "cpu" else _TORCH_DTYPES[config.attention.dtype]
@@ -96,7 +130,14 @@ class ModelEngine:
                 num_kv_heads=bert.num_attention_heads,
                 pattern=self._pattern,
             ),
+            backend_paths,
         )
+        self._guard = SparseGuard(config.attention.validation)
+        self._dense = load_backend_class(AttentionBackendName.DENSE, backend_paths)()
+        self._model_backend = self._guarded(self._selection.backend)
+        self._graphs: GraphedForward | None = None
+        self._request_selections: dict[AttentionSpec, BackendSelection] = {}
+        self._sparse_batch_counted = False
         self._tokenizer = _load_tokenizer(self._files, self._max_length)
         self._model = SentenceEncoder(
             self._files.config, self._files.pooling, normalize=self._files.normalize
@@ -121,6 +162,33 @@ class ModelEngine:
     def info(self) -> EngineInfo:
         return self._info
 
+    @property
+    def guard(self) -> SparseGuard:
+        """The correctness guard: its last sampled RMSE, whether it tripped, fallback counts."""
+        return self._guard
+
+    def _guarded(self, backend: AttentionBackend) -> AttentionBackend:
+        """The sparse backend behind the correctness guard; any other backend as it is."""
+        if backend.name != AttentionBackendName.SPARSE.value:
+            return backend
+        return GuardedSparseBackend(backend, self._dense, self._guard)
+
+    def _observe_guard(self) -> None:
+        """After a batch: a tripped guard moves the model to dense (dropping graphs captured on
+        sparse) and becomes the fallback reason; fallback counts reach `info`."""
+        tripped = self._guard.tripped
+        info = self._info
+        if tripped is not None and info.fallback_reason != tripped:
+            if isinstance(self._model_backend, GuardedSparseBackend):
+                self._model_backend = self._dense
+                self._graphs = None
+                info = dataclasses.replace(info, backend=self._dense.name, cuda_graphs=0)
+            info = dataclasses.replace(info, fallback_reason=tripped)
+        counts = self._guard.fallback_counts
+        if counts != info.fallback_counts:
+            info = dataclasses.replace(info, fallback_counts=counts)
+        self._info = info
+
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Tokenize with the model's special tokens, cut to the maximum length and flagged."""
         if self._files.do_lower_case:
@@ -143,30 +211,80 @@ class ModelEngine:
                 )
             if min(text.ids) < 0 or max(text.ids) >= vocab_size:
                 raise ValueError(f"input {index} has token ids outside [0, {vocab_size})")
-        longest = max(len(text.ids) for text in batch)
-        pad = self._files.config.pad_token_id
-        input_ids = torch.tensor(
-            [list(text.ids) + [pad] * (longest - len(text.ids)) for text in batch],
-            dtype=torch.int64,
-        )
-        lengths = torch.tensor([len(text.ids) for text in batch], dtype=torch.int64)
-        embeddings = self._forward_embeddings(input_ids.to(self._device), lengths.to(self._device))
-        result: np.ndarray = embeddings.cpu().numpy()
+        embeddings = self._forward_embeddings([text.ids for text in batch])
+        with nvtx.annotate("sas.embed.d2h", domain=_NVTX_DOMAIN):
+            result: np.ndarray = embeddings.cpu().numpy()
         return result
 
-    def _forward_embeddings(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The model forward on the device: [B, S] ids, [B] lengths -> float32 [B, hidden].
+    def _forward_embeddings(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Token ids of a batch -> float32 [B, hidden] on the device: the captured graph of the
+        batch's bucket when there is one, else the eager forward. On the sparse backend the batch
+        is counted by the guard (a sampled batch runs eagerly, so the guard can compare), and a
+        launch check or kernel error reruns it on dense."""
+        sparse = isinstance(self._model_backend, GuardedSparseBackend)
+        if sparse:
+            self._guard.begin_sparse_batch()
+        try:
+            if self._graphs is not None and not self._guard.sampling:
+                graphed = self._graphs.run(ids)
+                if graphed is not None:
+                    return graphed
+            try:
+                return self._eager_embeddings(ids, self._model_backend)
+            except SparseLaunchError as exc:
+                self._guard.count_fallback(FALLBACK_LAUNCH_CHECK, exc)
+            except RuntimeError as exc:
+                if not sparse:
+                    raise
+                self._guard.count_fallback(FALLBACK_KERNEL_ERROR, exc)
+            return self._eager_embeddings(ids, self._dense)
+        finally:
+            self._guard.sampling = False
+            self._observe_guard()
 
-        The seam for CUDA graphs: a graph captured for this batch shape can replace the call."""
-        with torch.inference_mode():
+    def _eager_embeddings(
+        self, ids: Sequence[Sequence[int]], backend: AttentionBackend
+    ) -> torch.Tensor:
+        with nvtx.annotate("sas.embed.assemble", domain=_NVTX_DOMAIN):
+            longest = max(len(text) for text in ids)
+            pad = self._files.config.pad_token_id
+            input_ids = torch.tensor(
+                [list(text) + [pad] * (longest - len(text)) for text in ids], dtype=torch.int64
+            )
+            lengths = torch.tensor([len(text) for text in ids], dtype=torch.int64)
+        with nvtx.annotate("sas.embed.h2d", domain=_NVTX_DOMAIN):
+            input_ids, lengths = input_ids.to(self._device), lengths.to(self._device)
+        with nvtx.annotate("sas.embed.forward", domain=_NVTX_DOMAIN), torch.inference_mode():
             embeddings: torch.Tensor = self._model(
-                input_ids, lengths, backend=self._selection.backend, pattern=self._pattern
+                input_ids, lengths, backend=backend, pattern=self._pattern
             )
         return embeddings
 
+    def _graph_forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """The forward a CUDA graph captures: the model on prebuilt attention metadata."""
+        embeddings: torch.Tensor = self._model(
+            input_ids,
+            lengths,
+            backend=self._model_backend,
+            pattern=self._pattern,
+            metadata=metadata,
+        )
+        return embeddings
+
+    def _graph_metadata(self, lengths: torch.Tensor, length: int) -> AttentionMetadata:
+        return padded_attention_metadata(self._model_backend, self._pattern, lengths, length)
+
     def attend(self, batch: Sequence[AttentionInput]) -> list[torch.Tensor]:
-        """One output per input, shaped and typed like its q, on the CPU."""
-        return [self._attend_one(item) for item in batch]
+        """One output per input, shaped and typed like its q, on the CPU. The first input that
+        runs sparse counts the batch for the guard (and is the one sampled when due)."""
+        self._sparse_batch_counted = False
+        try:
+            return [self._attend_one(item) for item in batch]
+        finally:
+            self._guard.sampling = False
+            self._observe_guard()
 
     def _attend_one(self, item: AttentionInput) -> torch.Tensor:
         check_attention_input(item)
@@ -189,8 +307,13 @@ class ModelEngine:
                 f"attention problem too large for the {backend.name} backend: "
                 f"batch·heads·q_len·kv_len = {scores} exceeds {backend.max_scores}"
             )
-        q, k, v = (t.to(device=self._device, dtype=compute_dtype) for t in (item.q, item.k, item.v))
-        document_ids = item.document_ids.to(self._device) if item.document_ids is not None else None
+        with nvtx.annotate("sas.attend.h2d", domain=_NVTX_DOMAIN):
+            q, k, v = (
+                t.to(device=self._device, dtype=compute_dtype) for t in (item.q, item.k, item.v)
+            )
+            document_ids = (
+                item.document_ids.to(self._device) if item.document_ids is not None else None
+            )
         with torch.inference_mode():
             block_mask = compile_block_mask(
                 pattern,
@@ -202,33 +325,103 @@ class ModelEngine:
                 k=k,
                 device=self._device,
             )
-            out = backend.forward(q, k, v, backend.build_metadata(block_mask)).out
-        return out.to(device="cpu", dtype=item.q.dtype)
+            out = self._attention_forward(backend, q, k, v, block_mask)
+        with nvtx.annotate("sas.attend.d2h", domain=_NVTX_DOMAIN):
+            return out.to(device="cpu", dtype=item.q.dtype)
+
+    def _attention_forward(
+        self,
+        backend: AttentionBackend,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        block_mask: BlockMask,
+    ) -> torch.Tensor:
+        """One attention problem; on the guarded sparse backend a launch check or kernel error
+        reruns it on dense (counted), never failing the request."""
+        if not isinstance(backend, GuardedSparseBackend):
+            with nvtx.annotate("sas.attend.forward", domain=_NVTX_DOMAIN):
+                return backend.forward(q, k, v, backend.build_metadata(block_mask)).out
+        if not self._sparse_batch_counted:
+            self._guard.begin_sparse_batch()
+            self._sparse_batch_counted = True
+        try:
+            with nvtx.annotate("sas.attend.forward", domain=_NVTX_DOMAIN):
+                return backend.forward(q, k, v, backend.build_metadata(block_mask)).out
+        except SparseLaunchError as exc:
+            self._guard.count_fallback(FALLBACK_LAUNCH_CHECK, exc)
+        except RuntimeError as exc:
+            self._guard.count_fallback(FALLBACK_KERNEL_ERROR, exc)
+        finally:
+            self._guard.sampling = False
+        return self._dense.forward(q, k, v, self._dense.build_metadata(block_mask)).out
 
     def _request_backend(self, spec: AttentionSpec) -> AttentionBackend:
-        """The serving backend if it can run this request; for `auto`, else the first that can.
-        An explicit backend that cannot run the request is the client's problem (ValueError)."""
-        if not self._selection.backend.validate_configuration(spec):
-            return self._selection.backend
-        try:
-            return _select_cached(self._config.attention.backend, spec).backend
-        except BackendUnavailableError as exc:
-            raise ValueError(str(exc)) from exc
+        """The backend for one /v1/attention request: for `auto` the first of the priority list
+        that can run it (sparse where the kernel takes the request's shape, even when the model
+        itself runs dense), else the configured backend. Sparse goes behind the guard, and once
+        the guard has tripped, dense serves instead. A backend that cannot run the request is
+        the client's problem (ValueError)."""
+        selection = self._request_selections.get(spec)
+        if selection is None:
+            try:
+                selection = select_backend(self._config.attention.backend, spec, self._paths)
+            except BackendUnavailableError as exc:
+                raise ValueError(str(exc)) from exc
+            self._request_selections[spec] = selection
+        if selection.backend.name != AttentionBackendName.SPARSE.value:
+            return selection.backend
+        if self._guard.tripped is not None:
+            return self._dense
+        return self._guarded(selection.backend)
 
     def warmup(self) -> None:
-        """Run one embedding batch and one attention call so first requests pay no set-up."""
+        """Run one embedding batch and one attention call so first requests pay no set-up, and
+        capture the CUDA graphs (the app reports ready only after this returns)."""
+        started = time.perf_counter()
         self.embed(self.encode(_WARMUP_TEXTS))
-        if self._pattern.type is PatternType.DOCUMENT:
-            return
-        bert = self._files.config
-        shape = (1, bert.num_attention_heads, 8, bert.head_dim)
-        sample = torch.zeros(shape, dtype=self._dtype)
-        self.attend([AttentionInput(q=sample, k=sample, v=sample)])
+        graphs = self._capture_graphs()
+        if self._pattern.type is not PatternType.DOCUMENT:
+            bert = self._files.config
+            shape = (1, bert.num_attention_heads, 8, bert.head_dim)
+            sample = torch.zeros(shape, dtype=self._dtype)
+            self.attend([AttentionInput(q=sample, k=sample, v=sample)])
+        self._info = dataclasses.replace(
+            self._info,
+            warmup_seconds=time.perf_counter() - started,
+            cuda_graphs=graphs[0],
+            cuda_graph_memory_bytes=graphs[1],
+        )
 
-
-@functools.lru_cache(maxsize=64)
-def _select_cached(choice: AttentionBackendName, spec: AttentionSpec) -> BackendSelection:
-    return select_backend(choice, spec)
+    def _capture_graphs(self) -> tuple[int, int]:
+        """Capture the embeddings forward per bucket when graphs are on, the device is a GPU
+        and the pattern's mask does not depend on scores; (graphs, memory bytes)."""
+        settings = self._config.attention.cuda_graphs
+        if (
+            not settings.enabled
+            or self._device.type != "cuda"
+            or pattern_needs_scores(self._pattern)
+            or self._graphs is not None
+        ):
+            return self._info.cuda_graphs, self._info.cuda_graph_memory_bytes
+        graphs = GraphedForward(
+            self._graph_forward,
+            self._graph_metadata,
+            GraphBuckets.of(settings.batch_sizes, self._max_length),
+            device=self._device,
+            pad_token_id=self._files.config.pad_token_id,
+        )
+        report = graphs.capture()
+        self._graphs = graphs
+        logger.info(
+            "captured %d CUDA graphs in %.2f s holding %.1f MiB (%d failed: %s)",
+            report.graphs,
+            report.seconds,
+            report.memory_bytes / 2**20,
+            len(report.failed),
+            report.failed,
+        )
+        return report.graphs, report.memory_bytes
 
 
 def check_attention_input(item: AttentionInput) -> None:
