@@ -8,9 +8,16 @@ import signal
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.runtime_process import SLOW_FAKE_ENGINE, RuntimeProcess, StartRuntime
+from tests.runtime_process import (
+    REAL_ENGINE,
+    SLOW_FAKE_ENGINE,
+    RuntimeProcess,
+    StartRuntime,
+    engine_under_test,
+)
 
 
 def _config(drain_seconds: int) -> dict[str, Any]:
@@ -29,11 +36,12 @@ def _queue_depth(text: str) -> float:
 
 
 async def _sigterm_with_work_in_flight(
-    runtime: RuntimeProcess, requests: int, texts: int
+    runtime: RuntimeProcess, requests: int, texts: list[str]
 ) -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
     """Send `requests` embeddings requests, SIGTERM once all are queued, then probe."""
     async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as client:
-        body = {"model": "fake-minilm", "input": [f"text {i}" for i in range(texts)]}
+        model = (await client.get("/v1/models")).json()["data"][0]["id"]
+        body = {"model": model, "input": texts}
         in_flight = [
             asyncio.create_task(client.post("/v1/embeddings", json=body)) for _ in range(requests)
         ]
@@ -41,6 +49,8 @@ async def _sigterm_with_work_in_flight(
             if _queue_depth((await client.get("/metrics")).text) == requests:
                 break
             await asyncio.sleep(0.005)
+        else:
+            raise AssertionError(f"{requests} requests were never in flight together")
         runtime.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
         readyz = await client.get("/readyz")
@@ -48,11 +58,26 @@ async def _sigterm_with_work_in_flight(
         return list(await asyncio.gather(*in_flight)), readyz, late
 
 
-def test_sigterm_lets_in_flight_work_finish_then_exits_0(start_runtime: StartRuntime) -> None:
-    runtime = start_runtime(_config(drain_seconds=30), engine=SLOW_FAKE_ENGINE)
-    answered, readyz, late = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, 4))
+@pytest.mark.parametrize(
+    ("engine", "texts"),
+    [
+        pytest.param(SLOW_FAKE_ENGINE, [f"text {i}" for i in range(4)], id="slow-fake-engine"),
+        pytest.param(
+            REAL_ENGINE,
+            [" ".join(f"word{i} {j}" for j in range(20)) for i in range(6)],
+            id="real-engine",
+        ),
+    ],
+)
+def test_sigterm_lets_in_flight_work_finish_then_exits_0(
+    start_runtime: StartRuntime, engine: str, texts: list[str]
+) -> None:
+    if engine == REAL_ENGINE and engine_under_test() != REAL_ENGINE:
+        pytest.skip("sas_runtime.model_engine does not import here")
+    runtime = start_runtime(_config(drain_seconds=30), engine=engine)
+    answered, readyz, late = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, texts))
     assert [r.status_code for r in answered] == [200] * 8
-    assert all(len(r.json()["data"]) == 4 for r in answered)
+    assert all(len(r.json()["data"]) == len(texts) for r in answered)
     assert (readyz.status_code, readyz.json()) == (503, {"status": "draining"})
     assert late.status_code == 503
     assert late.json()["error"]["code"] == "draining"
@@ -64,7 +89,8 @@ def test_work_past_the_drain_time_is_answered_503_and_the_exit_is_still_0(
     start_runtime: StartRuntime,
 ) -> None:
     runtime = start_runtime(_config(drain_seconds=1), engine=SLOW_FAKE_ENGINE)
-    answered, _, _ = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, 8))
+    texts = [f"text {i}" for i in range(8)]
+    answered, _, _ = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, texts))
     statuses = [r.status_code for r in answered]
     assert set(statuses) == {200, 503}, statuses
     for response in answered:
