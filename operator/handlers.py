@@ -44,7 +44,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # Our own Events say what was done and why; kopf posts only its warnings and errors.
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.queueing.error_delays = (1, 5, 15, 60)
     cluster: Cluster = memo.get("cluster") or KubernetesCluster()
