@@ -61,7 +61,8 @@ _ENDPOINTS = frozenset(
     {*_WORK_PATHS, "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json"}
 )
 _TIMEOUT_HEADER = "X-Request-Timeout-Ms"
-_SAFETENSORS_TYPE = "application/octet-stream"
+_SAFETENSORS_TYPES = ("application/octet-stream", "application/safetensors")
+"""Media types of the safetensors form of /v1/attention; the answer comes in the request's."""
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -474,7 +475,10 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
         responses={
             **_ERROR_RESPONSES,
             200: {
-                "content": {_SAFETENSORS_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                "content": {
+                    media_type: {"schema": {"type": "string", "format": "binary"}}
+                    for media_type in _SAFETENSORS_TYPES
+                },
                 "description": "The output as JSON (for a JSON request) or safetensors bytes "
                 "holding `output` (for a safetensors request).",
             },
@@ -486,14 +490,14 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
         body = await request.body()
         limit = config.server.max_attention_elements
         try:
-            if media_type == _SAFETENSORS_TYPE:
+            if media_type in _SAFETENSORS_TYPES:
                 q, k, v, document_ids, pattern = _attention_from_safetensors(body, limit)
             elif media_type == "application/json":
                 q, k, v, document_ids, pattern = _attention_from_json(body, limit)
             else:
                 raise ApiError(
                     415,
-                    f"send application/json or {_SAFETENSORS_TYPE}, not {media_type or 'no content type'}",
+                    f"send application/json or {' or '.join(_SAFETENSORS_TYPES)}, not {media_type or 'no content type'}",
                     param="content-type",
                     reason="unsupported_media_type",
                 )
@@ -517,12 +521,12 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
             state.batcher.attend(item, deadline=state.deadline(timeout_ms))
         )
         backend = state.engine.info.backend
-        if media_type == _SAFETENSORS_TYPE:
+        if media_type in _SAFETENSORS_TYPES:
             return Response(
                 encode_safetensors(
                     {"output": output}, {"backend": backend, "pattern": effective.type.value}
                 ),
-                media_type=_SAFETENSORS_TYPE,
+                media_type=media_type,
             )
         return OrjsonResponse(
             {
@@ -627,7 +631,10 @@ def _openapi(app: FastAPI, *, served_model: str) -> Callable[[], dict[str, Any]]
                     "application/json": {
                         "schema": {"$ref": "#/components/schemas/AttentionRequest"}
                     },
-                    _SAFETENSORS_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                    **{
+                        media_type: {"schema": {"type": "string", "format": "binary"}}
+                        for media_type in _SAFETENSORS_TYPES
+                    },
                 },
             }
             app.openapi_schema = schema

@@ -156,16 +156,17 @@ async def test_attention_json_round_trip(fake_engine: FakeEngine) -> None:
     torch.testing.assert_close(out.reshape(body["output"]["shape"]), expected)
 
 
-async def test_attention_safetensors_round_trip(fake_engine: FakeEngine) -> None:
+@pytest.mark.parametrize("media_type", ["application/octet-stream", "application/safetensors"])
+async def test_attention_safetensors_round_trip(fake_engine: FakeEngine, media_type: str) -> None:
     q, k, v = (torch.randn(1, 2, 4, 8, dtype=torch.bfloat16) for _ in range(3))
     async with serving(fake_engine) as (client, _):
         response = await client.post(
             "/v1/attention",
             content=safetensors.torch.save({"q": q, "k": k, "v": v}),
-            headers={"content-type": "application/octet-stream"},
+            headers={"content-type": media_type},
         )
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-type"] == media_type
     output = safetensors.torch.load(response.content)["output"]
     assert output.dtype == torch.bfloat16
     expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
