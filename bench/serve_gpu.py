@@ -1,0 +1,410 @@
+"""GPU serving benchmark: our runtime (CUDA graphs on, off) versus a naive server, and attention
+requests on sparse versus dense, all through real HTTP on one GPU.
+
+Servers, each alone on the GPU: ours (backend auto, CUDA graphs on), ours with graphs off and the
+dense backend, and the naive server of `bench.serve_cpu` (FastAPI, sentence-transformers `encode`
+once per request, float32) on the GPU. Embeddings: short sentences and ~220-token passages at each
+client count. Attention (ours only): 1x16x1024x64 and 1x16x4096x64 bfloat16 with a window pattern;
+the first server runs them on the sparse kernel (auto), the second on dense. The load generator is
+`bench.serve_cpu.collect` (closed loop, aiohttp, loopback) in several processes. GPU utilisation
+is sampled with nvidia-smi during each point. Prints the table and ratios, states the issue's
+targets beside the measured figures, writes a JSON result under bench/results/.
+
+    python -m bench.serve_gpu [--seconds 4] [--warmup 1.5] [--clients 1,16,64,256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib.metadata
+import json
+import multiprocessing
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.serve_cpu import (
+    MODEL_NAME,
+    SENTENCES,
+    RequestFactory,
+    _machine,
+    _wait_ready,
+    collect,
+    short_sentence,
+    summarize,
+)
+from tests.runtime_process import REAL_ENGINE, REPO_ROOT, free_port, start_runtime_process
+
+ATTENTION_SHAPES = {"attention-1k": 1024, "attention-4k": 4096}
+"""Workload name -> sequence length of a 1 x 16 x S x 64 bfloat16 request."""
+WINDOW = {"type": "window", "window": 256}
+"""The attention requests' pattern: keys within 256 tokens on either side."""
+
+
+def _passages() -> list[str]:
+    rng = random.Random(7)
+    return [" ".join(rng.choice(SENTENCES) for _ in range(26)) for _ in range(16)]
+
+
+PASSAGES = _passages()
+"""16 passages of about 220 tokens (26 short sentences each)."""
+
+
+def passage(rng: random.Random) -> tuple[str, dict[str, Any] | bytes]:
+    """One ~220-token passage to embed."""
+    return "/v1/embeddings", {"model": MODEL_NAME, "input": rng.choice(PASSAGES)}
+
+
+@cache
+def _attention_body(length: int) -> bytes:
+    import torch
+
+    from sas_runtime.tensor_codec import encode_safetensors
+
+    generator = torch.Generator().manual_seed(length)
+    q, k, v = (
+        torch.randn(1, 16, length, 64, generator=generator).to(torch.bfloat16) for _ in range(3)
+    )
+    return encode_safetensors({"q": q, "k": k, "v": v}, {"pattern": json.dumps(WINDOW)})
+
+
+def _request_factory(workload: str) -> RequestFactory:
+    if workload == "short":
+        return short_sentence
+    if workload == "passage":
+        return passage
+    body = _attention_body(ATTENTION_SHAPES[workload])
+    return lambda _: ("/v1/attention", body)
+
+
+def _load_process(
+    job: tuple[str, str, int, float, float, int],
+) -> tuple[list[float], dict[str, int]]:
+    url, workload, clients, seconds, warmup, seed = job
+    request = _request_factory(workload)
+    latencies, statuses = asyncio.run(
+        collect(url, clients=clients, seconds=seconds, warmup=warmup, request=request, seed=seed)
+    )
+    return latencies, dict(statuses)
+
+
+class GpuSampler:
+    """nvidia-smi sampling utilisation every 100 ms while a point runs."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> GpuSampler:
+        query = ["--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+        try:
+            self._process = subprocess.Popen(
+                ["nvidia-smi", *query, "-lms", "100"], stdout=subprocess.PIPE, text=True
+            )
+        except FileNotFoundError:
+            self._process = None
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+
+    def summary(self) -> dict[str, float | None]:
+        """Mean and max utilisation (%) and the most memory used (MiB) over the samples."""
+        if self._process is None:
+            return {"gpu_util_mean": None, "gpu_util_max": None, "gpu_memory_mib_max": None}
+        output, _ = self._process.communicate()
+        rows = [line.split(",") for line in output.splitlines() if line.count(",") == 1]
+        util = [float(u) for u, _ in rows] or [float("nan")]
+        memory = [float(m) for _, m in rows] or [float("nan")]
+        return {
+            "gpu_util_mean": sum(util) / len(util),
+            "gpu_util_max": max(util),
+            "gpu_memory_mib_max": max(memory),
+        }
+
+
+@dataclass
+class Point:
+    """One (server, workload, clients) measurement."""
+
+    server: str
+    workload: str
+    clients: int
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    requests: int
+    statuses: dict[str, int]
+    gpu: dict[str, float | None]
+
+
+def measure(url: str, server: str, workload: str, clients: int, args: argparse.Namespace) -> Point:
+    """Drive `clients` closed-loop clients spread over up to `--load-processes` processes."""
+    processes = max(1, min(args.load_processes, clients))
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    jobs = [
+        (url, workload, share, args.seconds, args.warmup, 1000 * i)
+        for i, share in enumerate(shares)
+    ]
+    with GpuSampler() as sampler, multiprocessing.get_context("fork").Pool(processes) as pool:
+        outcomes = pool.map(_load_process, jobs)
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    for part, counts in outcomes:
+        latencies += part
+        statuses.update(counts)
+    result = summarize(server, clients, args.seconds, latencies, statuses)
+    point = Point(
+        server=server,
+        workload=workload,
+        clients=clients,
+        throughput_rps=result.throughput_rps,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        mean_ms=result.mean_ms,
+        requests=result.requests,
+        statuses=result.statuses,
+        gpu=sampler.summary(),
+    )
+    print(
+        f"{server:>22} {workload:>13} {clients:4d} clients: {point.throughput_rps:9.1f} req/s  "
+        f"P50 {point.p50_ms:8.2f} ms  P99 {point.p99_ms:8.2f} ms  "
+        f"GPU {point.gpu['gpu_util_mean']}%  {point.statuses}",
+        flush=True,
+    )
+    return point
+
+
+def runtime_config(*, backend: str, graphs: bool) -> dict[str, Any]:
+    """Ours on the GPU: bfloat16, batches up to 64, limits far above the offered load."""
+    return {
+        "model": {"source": "builtin-minilm", "longInputs": "truncate"},
+        "attention": {"backend": backend, "cudaGraphs": {"enabled": graphs}},
+        "batching": {
+            "windowMicroseconds": 100,
+            "maxBatchSize": 64,
+            "maxQueueDepth": 4096,
+            "maxTokens": 32768,
+        },
+        "rateLimit": {"requestsPerSecond": 1_000_000, "burst": 10_000_000},
+        "server": {"device": "cuda", "maxBodyBytes": 64 << 20, "maxInputs": 256},
+    }
+
+
+def run_ours(
+    name: str, config: dict[str, Any], workloads: list[str], args: argparse.Namespace
+) -> tuple[list[Point], dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as workdir:
+        ours = start_runtime_process(config, engine=REAL_ENGINE, workdir=Path(workdir))
+        try:
+            (card,) = httpx.get(f"{ours.url}/v1/models", timeout=10).json()["data"]
+            points = [
+                measure(ours.url, name, workload, clients, args)
+                for workload in workloads
+                for clients in _clients_for(workload, args)
+            ]
+        finally:
+            ours.stop()
+        log = [
+            line for line in ours.output().splitlines() if "CUDA graph" in line or "warm" in line
+        ]
+    return points, {"config": config, "models_card": card, "log": log[-5:]}
+
+
+def run_naive(workloads: list[str], args: argparse.Namespace) -> list[Point]:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.serve_cpu", "baseline", "--port", str(port)]
+    baseline = subprocess.Popen([*command, "--device", "cuda"], cwd=REPO_ROOT)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", baseline)
+        return [
+            measure(f"http://127.0.0.1:{port}", "naive", workload, clients, args)
+            for workload in workloads
+            for clients in _clients_for(workload, args)
+        ]
+    finally:
+        baseline.kill()
+        baseline.wait()
+
+
+def _clients_for(workload: str, args: argparse.Namespace) -> list[int]:
+    clients: list[int] = (
+        args.attention_clients if workload.startswith("attention") else args.clients
+    )
+    return clients
+
+
+def _versions() -> dict[str, Any]:
+    import torch
+
+    names = ["torch", "fastapi", "uvicorn", "sentence-transformers", "transformers", "aiohttp"]
+    versions: dict[str, Any] = {name: importlib.metadata.version(name) for name in names}
+    versions["cuda"] = torch.version.cuda
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        versions["gpu"], versions["driver"] = (part.strip() for part in smi.split(",", 1))
+    except (FileNotFoundError, subprocess.CalledProcessError, ValueError):
+        versions["gpu"] = versions["driver"] = None
+    return versions
+
+
+def _find(points: list[Point], server: str, workload: str, clients: int) -> Point | None:
+    for point in points:
+        if (point.server, point.workload, point.clients) == (server, workload, clients):
+            return point
+    return None
+
+
+def targets(points: list[Point]) -> list[dict[str, Any]]:
+    """Issue 6's targets, each with the measured figures beside it."""
+    short64 = _find(points, "ours", "short", 64)
+    naive64 = _find(points, "naive", "short", 64)
+    passage64 = _find(points, "ours", "passage", 64)
+    short1 = _find(points, "ours", "short", 1)
+    eager1 = _find(points, "ours-graphs-off", "short", 1)
+    sparse1k = [p for p in points if p.server == "ours" and p.workload == "attention-1k"]
+    rows: list[dict[str, Any]] = []
+    if short64 and naive64:
+        rows.append(
+            {
+                "target": "short sentences, 64 clients: >= 10,000 req/s, P99 <= 25 ms, >= 150x naive",
+                "measured": f"{short64.throughput_rps:.0f} req/s, P99 {short64.p99_ms:.1f} ms, "
+                f"{short64.throughput_rps / naive64.throughput_rps:.1f}x naive",
+                "met": short64.throughput_rps >= 10_000
+                and short64.p99_ms <= 25
+                and short64.throughput_rps >= 150 * naive64.throughput_rps,
+            }
+        )
+    if passage64:
+        rows.append(
+            {
+                "target": "passages, 64 clients: >= 3,000 req/s",
+                "measured": f"{passage64.throughput_rps:.0f} req/s",
+                "met": passage64.throughput_rps >= 3_000,
+            }
+        )
+    if short1 and eager1:
+        rows.append(
+            {
+                "target": "1 client short sentence: P50 <= 3 ms; graphs >= 2x lower P50 than eager",
+                "measured": f"P50 {short1.p50_ms:.2f} ms with graphs, {eager1.p50_ms:.2f} ms "
+                f"eager ({eager1.p50_ms / short1.p50_ms:.2f}x)",
+                "met": short1.p50_ms <= 3 and eager1.p50_ms >= 2 * short1.p50_ms,
+            }
+        )
+    if sparse1k:
+        best = max(sparse1k, key=lambda p: p.throughput_rps)
+        rows.append(
+            {
+                "target": "attention 1x16x1024x64: > 6,807 QPS with P99 <= 5 ms",
+                "measured": f"best {best.throughput_rps:.0f} QPS at {best.clients} clients, "
+                f"P99 {best.p99_ms:.1f} ms",
+                "met": any(p.throughput_rps > 6_807 and p.p99_ms <= 5 for p in sparse1k),
+            }
+        )
+    return rows
+
+
+def ratios(points: list[Point]) -> dict[str, float]:
+    """ours / naive and graphs on / off throughput, sparse / dense attention throughput."""
+    out: dict[str, float] = {}
+    for point in points:
+        if point.server != "ours":
+            continue
+        key = f"{point.workload}@{point.clients}"
+        for other, label in (("naive", "ours/naive"), ("ours-graphs-off", "graphs/eager")):
+            if point.workload.startswith("attention"):
+                label = "sparse/dense"
+            match = _find(points, other, point.workload, point.clients)
+            if match and match.throughput_rps > 0:
+                out[f"{label} throughput {key}"] = point.throughput_rps / match.throughput_rps
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--clients", default="1,16,64,256")
+    parser.add_argument("--attention-clients", default="1,16")
+    parser.add_argument("--load-processes", type=int, default=4)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.attention_clients = [int(c) for c in args.attention_clients.split(",")]
+    machine = _machine()
+    embeddings = ["short", "passage"]
+    attention = list(ATTENTION_SHAPES)
+    servers: dict[str, Any] = {}
+    points, servers["ours"] = run_ours(
+        "ours", runtime_config(backend="auto", graphs=True), embeddings + attention, args
+    )
+    more, servers["ours-graphs-off"] = run_ours(
+        "ours-graphs-off",
+        runtime_config(backend="dense", graphs=False),
+        embeddings + attention,
+        args,
+    )
+    points += more
+    if not args.skip_naive:
+        points += run_naive(embeddings, args)
+    ratio = ratios(points)
+    for key, value in ratio.items():
+        print(f"{key:>45}: x{value:.2f}")
+    met = targets(points)
+    for row in met:
+        print(
+            f"{'MET' if row['met'] else 'NOT MET'}: {row['target']} -- measured {row['measured']}"
+        )
+    now = datetime.datetime.now(datetime.UTC)
+    record = {
+        "benchmark": "serve-gpu",
+        "date": now.isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "bench.serve_gpu", *sys.argv[1:]]),
+        "machine": machine,
+        "versions": _versions(),
+        "load": {
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "load_processes": args.load_processes,
+            "loopback": True,
+            "workloads": {
+                "short": "one short sentence per request",
+                "passage": "one ~220-token passage per request",
+                **{
+                    name: f"1x16x{length}x64 bfloat16 q, k, v (safetensors), pattern {WINDOW}"
+                    for name, length in ATTENTION_SHAPES.items()
+                },
+            },
+        },
+        "servers": servers,
+        "results": [asdict(point) for point in points],
+        "ratios": ratio,
+        "targets": met,
+    }
+    out = Path(args.out) / f"serve-gpu-{now:%Y-%m-%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
