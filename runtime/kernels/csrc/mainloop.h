@@ -1,5 +1,6 @@
-// Mainloop pieces: the TMA producer that fetches Q once and K/V blocks by index into the
-// shared-memory ring (completing on mbarriers), and the warpgroup GEMMs that consume them.
+// Mainloop pieces: block lists, ring positions, the TMA producer that fetches each tile's Q
+// and its K/V blocks by index into shared-memory rings (completing on mbarriers), and the
+// asynchronous warpgroup GEMMs that consume them.
 #pragma once
 
 #include <cute/tensor.hpp>
