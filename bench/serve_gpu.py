@@ -354,9 +354,7 @@ def main() -> int:
     embeddings = ["short", "passage"]
     attention = list(ATTENTION_SHAPES)
     servers: dict[str, Any] = {}
-    points, servers["ours"] = run_ours(
-        "ours", runtime_config(backend="auto", graphs=True), embeddings + attention, args
-    )
+    points = [] if args.skip_naive else run_naive(embeddings, args)
     more, servers["ours-graphs-off"] = run_ours(
         "ours-graphs-off",
         runtime_config(backend="dense", graphs=False),
@@ -364,8 +362,10 @@ def main() -> int:
         args,
     )
     points += more
-    if not args.skip_naive:
-        points += run_naive(embeddings, args)
+    more, servers["ours"] = run_ours(
+        "ours", runtime_config(backend="auto", graphs=True), embeddings + attention, args
+    )
+    points += more
     ratio = ratios(points)
     for key, value in ratio.items():
         print(f"{key:>45}: x{value:.2f}")
