@@ -29,7 +29,7 @@ from typing import Any
 
 from hack.cluster import chart, tools
 from hack.cluster.cluster import LocalCluster
-from hack.cluster.kube import Kubectl, wait_for
+from hack.cluster.kube import Kubectl, WaitTimeout, wait_for
 from hack.cluster.operator_process import OperatorProcess
 from sas_operator.spec import GROUP, KIND, PLURAL, VERSION
 
@@ -81,7 +81,10 @@ def measure_many(kube: Kubectl, count: int) -> float:
     names = {f"fleet-{i:03d}" for i in range(count)}
     kube.apply(*(_sas(name, CPU_ONLY) for name in sorted(names)))
     applied = time.monotonic()
-    wait_for(f"{count} services Ready", lambda: names <= _ready_names(kube), 300, interval=0.5)
+    try:
+        wait_for(f"{count} services Ready", lambda: names <= _ready_names(kube), 300, interval=0.5)
+    except WaitTimeout as timeout:
+        raise WaitTimeout(f"{timeout}: {len(names & _ready_names(kube))} were Ready") from None
     return time.monotonic() - applied
 
 
@@ -108,19 +111,38 @@ def _operator_writes(cluster: LocalCluster, user: str, since: int) -> Counter[st
             event = json.loads(line)
             if event["user"]["username"] == user:
                 reference = event.get("objectRef", {})
-                counts[f"{event['verb']} {reference.get('resource')}"] += 1
+                subresource = f"/{reference['subresource']}" if reference.get("subresource") else ""
+                counts[f"{event['verb']} {reference.get('resource')}{subresource}"] += 1
     return counts
+
+
+SETTLING_WRITES = ("PUT pods/status", "PUT deployments/status", "PUT replicasets/status")
+"""Writes of the controllers and kwok that go on while a fleet is still settling."""
+
+
+def _wait_quiet(cluster: LocalCluster, timeout: float = 120) -> float:
+    """Wait until kwok and the controllers stop writing pod and workload status; return seconds."""
+    started = time.monotonic()
+    previous = _write_counts(cluster.metrics())
+    while time.monotonic() - started < timeout:
+        time.sleep(2)
+        current = _write_counts(cluster.metrics())
+        if all(current[key] == previous[key] for key in SETTLING_WRITES):
+            return time.monotonic() - started
+        previous = current
+    raise TimeoutError(f"the cluster kept writing {SETTLING_WRITES} for {timeout:.0f}s")
 
 
 def measure_noop_resync(cluster: LocalCluster, user: str) -> dict[str, Any]:
     """API writes during one resync interval in which nothing changed."""
-    time.sleep(RESYNC_SECONDS)  # let rollouts and status updates from the fleet settle
+    settled = _wait_quiet(cluster)
     before = _write_counts(cluster.metrics())
     audit_offset = cluster.audit_log.stat().st_size
     time.sleep(RESYNC_SECONDS + 2)
     delta = _write_counts(cluster.metrics()) - before
     operator = _operator_writes(cluster, user, audit_offset)
     return {
+        "settled_after_seconds": settled,
         "window_seconds": RESYNC_SECONDS + 2,
         "operator_writes": sum(operator.values()),
         "operator_writes_by_request": dict(operator),
