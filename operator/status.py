@@ -117,6 +117,8 @@ def build_status(
         progressing = ("False", "Blocked", "nothing is rolled out until Degraded clears")
     elif deployment is None:
         progressing = ("True", "Creating", "the Deployment is being created")
+    elif problem is not None:
+        progressing = ("False", problem.reason, "the rollout cannot go on: see Degraded")
     elif _rolling_out(deployment, desired, counts):
         progressing = (
             "True",
