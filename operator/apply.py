@@ -13,8 +13,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sas_operator.cluster import Cluster, object_key
@@ -100,9 +102,27 @@ def _owned(obj: Mapping[str, Any], owner: Owner) -> dict[str, Any]:
     return owned
 
 
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$"
+)
+_QUANTITY_SUFFIXES: dict[str | None, Decimal] = {
+    None: Decimal(1),
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+def _quantity(text: str) -> Decimal | None:
+    """The value of a Kubernetes quantity string, None when `text` is not one."""
+    match = _QUANTITY.match(text)
+    return Decimal(match[1]) * _QUANTITY_SUFFIXES[match[2]] if match else None
+
+
 def covers(live: Any, wanted: Any) -> bool:
     """Whether `live` holds every field of `wanted` with the same value. Maps may hold more
-    (defaults, other owners' fields); lists must match element by element."""
+    (defaults, other owners' fields); lists must match element by element; quantities match
+    by value (the API server rewrites 0.5 as 500m)."""
     if isinstance(wanted, Mapping):
         return isinstance(live, Mapping) and all(
             key in live and covers(live[key], value) for key, value in wanted.items()
@@ -113,6 +133,9 @@ def covers(live: Any, wanted: Any) -> bool:
             and len(live) == len(wanted)
             and all(covers(have, want) for have, want in zip(live, wanted, strict=True))
         )
+    if isinstance(live, str) and isinstance(wanted, str) and live != wanted:
+        have, want = _quantity(live), _quantity(wanted)
+        return have is not None and have == want
     return bool(live == wanted)
 
 

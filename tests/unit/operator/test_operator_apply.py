@@ -158,3 +158,11 @@ def test_covers_ignores_defaults_but_not_changed_or_missing_values() -> None:
     assert not covers({"spec": {"ports": [], "type": "ClusterIP"}}, wanted)
     assert not covers({"spec": {"type": "ClusterIP"}}, wanted)
     assert not covers({"spec": "ClusterIP"}, wanted)
+
+
+def test_covers_compares_quantities_by_value() -> None:
+    assert covers({"cpu": "500m", "memory": "1Gi"}, {"cpu": "0.5", "memory": "1024Mi"})
+    assert covers({"nvidia.com/gpu": "2"}, {"nvidia.com/gpu": "2"})
+    assert not covers({"cpu": "500m"}, {"cpu": "5"})
+    assert not covers({"interval": "15s"}, {"interval": "30s"})
+    assert not covers({"name": "1k"}, {"name": "1000x"})
