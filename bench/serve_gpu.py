@@ -11,6 +11,15 @@ is sampled with nvidia-smi during each point. Prints the table and ratios, state
 targets beside the measured figures, writes a JSON result under bench/results/.
 
     python -m bench.serve_gpu [--seconds 4] [--warmup 1.5] [--clients 1,16,64,256]
+
+On the device machine (no registry there) carry as wheels what its image lacks: pydantic (with
+pydantic-core, annotated-types, typing-inspection), fastapi (with starlette, annotated-doc,
+opentelemetry-api), uvicorn (h11, click, httptools), orjson, prometheus-client, nvtx, aiohttp
+(aiosignal, aiohappyeyeballs, frozenlist, multidict, yarl, propcache, attrs), nvidia-cutlass for
+the kernel build; and the all-MiniLM-L6-v2 package. Link `runtime/` as `sas_runtime` on
+PYTHONPATH, build the kernel (`python -m sas_runtime.kernels.build --out DIR`,
+`SAS_KERNEL_DTYPES=bf16 SAS_KERNEL_HEAD_DIMS=64` took well under a minute) and point
+`SAS_KERNEL_LIBRARY` at it.
 """
 
 from __future__ import annotations
