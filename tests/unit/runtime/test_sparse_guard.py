@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sas_runtime.app import create_app
+from sas_runtime.attention import BackendUnavailableError
 from sas_runtime.block_mask import compile_block_mask
 from sas_runtime.config import PatternConfig, PatternType, RuntimeConfig, ValidationConfig
 from sas_runtime.engine import AttentionInput
@@ -166,3 +167,18 @@ async def test_kernel_errors_never_surface_as_5xx_and_reach_the_metric() -> None
     assert batches >= 3
     assert f'sas_backend_fallbacks_total{{reason="{FALLBACK_KERNEL_ERROR}"}} {batches:.1f}' in text
     assert card["backend"] == "sparse"
+
+
+def test_explicit_sparse_refuses_to_start_when_the_model_does_not_fit_it() -> None:
+    with pytest.raises(BackendUnavailableError, match="head size 32 not supported"):
+        engine_with("WrongSparseHead64Backend", backend="sparse")
+
+
+def test_explicit_dense_never_sends_requests_to_sparse() -> None:
+    engine = engine_with("WrongSparseHead64Backend", backend="dense")
+    q = torch.randn(1, 2, 130, 64)
+    (out,) = engine.attend([AttentionInput(q=q, k=q, v=q)])
+    reference = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    assert engine.info.fallback_reason is None
+    assert engine.guard.last_rmse is None
