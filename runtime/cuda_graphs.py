@@ -99,12 +99,10 @@ def pad_batch(
     batch, length = bucket
     if len(ids) > batch or any(len(text) > length for text in ids):
         raise ValueError(f"a batch of {len(ids)} texts does not fit bucket {bucket}")
-    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.int64)
-    lengths = torch.ones(batch, dtype=torch.int64)
-    for row, text in enumerate(ids):
-        input_ids[row, : len(text)] = torch.tensor(text, dtype=torch.int64)
-        lengths[row] = len(text)
-    return input_ids, lengths
+    rows = [[*text, *[pad_token_id] * (length - len(text))] for text in ids]
+    rows += [[pad_token_id] * length] * (batch - len(ids))
+    lengths = [len(text) for text in ids] + [1] * (batch - len(ids))
+    return torch.tensor(rows, dtype=torch.int64), torch.tensor(lengths, dtype=torch.int64)
 
 
 def metadata_tensors(metadata: AttentionMetadata) -> list[Tensor]:
@@ -142,6 +140,8 @@ class _Graph:
     lengths: Tensor
     metadata: list[Tensor]
     output: Tensor
+    lengths_seen: list[int] | None = None
+    """The padded lengths the metadata was last built for (it depends on nothing else)."""
 
 
 class GraphedForward:
@@ -213,10 +213,12 @@ class GraphedForward:
             input_ids, lengths = pad_batch(ids, bucket, self._pad)
         with nvtx.annotate("sas.embed.h2d", domain="sas"), torch.inference_mode():
             captured.input_ids.copy_(input_ids)
-            captured.lengths.copy_(lengths)
-            fresh = metadata_tensors(self._build_metadata(captured.lengths, bucket[1]))
-            for static, value in zip(captured.metadata, fresh, strict=True):
-                static.copy_(value)
+            if captured.lengths_seen != (seen := lengths.tolist()):
+                captured.lengths.copy_(lengths)
+                fresh = metadata_tensors(self._build_metadata(captured.lengths, bucket[1]))
+                for static, value in zip(captured.metadata, fresh, strict=True):
+                    static.copy_(value)
+                captured.lengths_seen = seen
         with nvtx.annotate("sas.embed.forward", domain="sas"):
             captured.graph.replay()
         return captured.output[: len(ids)]
