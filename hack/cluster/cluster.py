@@ -347,6 +347,7 @@ class LocalCluster:
                 f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}=fake",
                 f"--cidr={POD_CIDR}",
                 "--node-ip=10.0.0.1",
+                "--node-lease-duration-seconds=40",
                 f"--server-address=127.0.0.1:{free_port()}",
             ],
         )
