@@ -24,7 +24,7 @@ import httpx
 import torch
 
 from hack.cluster import chart, tools
-from hack.cluster.cluster import LocalCluster, free_port
+from hack.cluster.cluster import LocalCluster, die_with_parent, free_port
 from hack.cluster.kube import Kubectl, wait_for
 from hack.cluster.operator_process import OperatorProcess
 from sas_operator.render import CONFIG_DIR, CONFIG_FILE
@@ -157,7 +157,9 @@ def run_demo(workdir: Path) -> None:
             print(f"      {' '.join(command)}", file=sys.stderr)
             log = (workdir / "runtime.log").open("wb")
             teardown.callback(log.close)
-            runtime = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            runtime = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
             teardown.callback(_stop, runtime)
             base = f"http://127.0.0.1:{port}"
             wait_for("the runtime's /readyz", lambda: _answers(f"{base}/readyz", runtime), 300)

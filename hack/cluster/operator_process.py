@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hack.cluster.cluster import ClusterError, free_port, http_ok
+from hack.cluster.cluster import ClusterError, die_with_parent, free_port, http_ok
 from hack.cluster.kube import WaitTimeout, wait_for
 
 HEALTH_PORT_VARIABLE = "SAS_OPERATOR_HEALTH_PORT"
@@ -47,6 +47,7 @@ class OperatorProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
         process = self.process
         if not wait:
