@@ -15,14 +15,10 @@ import pytest
 
 from hack.cluster import chart
 from hack.cluster.cluster import LocalCluster, local_cluster
-from hack.cluster.kube import CommandFailed, Kubectl
+from hack.cluster.kube import Kubectl
 from hack.cluster.operator_process import OperatorProcess
 
 from .services import RESYNC_SECONDS
-
-KNOWN_CRD_REJECTION = "no such key"
-"""The API server's words for the generated CRD's object defaults that lack keys its CEL rules
-read (issue 2, open); any other install failure fails the tests."""
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +26,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A running cluster with the chart installed (CRD, RBAC, ServiceAccount, operator Deployment)."""
     workdir = tmp_path_factory.mktemp("cluster")
     with local_cluster(workdir) as running:
-        try:
-            chart.install_chart(running)
-        except CommandFailed as error:
-            if KNOWN_CRD_REJECTION not in str(error):
-                raise
-            pytest.xfail(f"the API server rejects the generated CRD (issue 2): {error}")
+        chart.install_chart(running)
         yield running
 
 
