@@ -1,10 +1,9 @@
 """Operator benchmark on the local cluster: apply-to-Deployment and apply-to-Ready latency, 100
 services to all Ready, and API writes per no-op resync.
 
-Run from the repository root as a module (a script named operator.py would shadow the standard
-library's `operator`):
+Run from the repository root as a module:
 
-    python -m bench.operator [--services 100] [--repeats 5] [--out bench/results/]
+    python -m bench.operator_fleet [--services 100] [--repeats 5] [--out bench/results/]
 
 Targets: < 1 s from apply to Deployment, 100 services Ready < 30 s, 0 writes per no-op resync.
 """
@@ -213,7 +212,7 @@ def run(services: int, repeats: int, workdir: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.operator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.operator_fleet", description=__doc__)
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -225,7 +224,7 @@ def main() -> int:
     report = {
         "benchmark": "operator",
         "date": started.isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.operator", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.operator_fleet", *sys.argv[1:]]),
         "machine": _machine(),
         "versions": _versions(),
         "resync_seconds": RESYNC_SECONDS,
