@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from kubernetes import client, config, dynamic
 from kubernetes.dynamic.exceptions import NotFoundError
 
-__all__ = ["EVENT_SOURCE", "Cluster", "KubernetesCluster", "object_key"]
+__all__ = ["EVENT_SOURCE", "Cluster", "KubernetesCluster", "label_selector", "object_key"]
 
 EVENT_SOURCE = "sas-operator"
 
@@ -25,6 +25,11 @@ def object_key(obj: Mapping[str, Any]) -> ObjectKey:
     """The identity of a namespaced object."""
     metadata = obj["metadata"]
     return (obj["apiVersion"], obj["kind"], metadata.get("namespace", ""), metadata["name"])
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    """`labels` as an equality label selector string, keys sorted."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 class Cluster(Protocol):
@@ -101,9 +106,8 @@ class KubernetesCluster:
     def list(
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         found = self._resource(api_version, kind).get(
-            namespace=namespace or None, label_selector=selector
+            namespace=namespace or None, label_selector=label_selector(labels)
         )
         return [dict(item) for item in found.to_dict()["items"]]
 

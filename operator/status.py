@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sas_operator.cluster import label_selector
 from sas_operator.render import pod_selector, service_url
 from sas_operator.runtime_info import BackendReport
 from sas_operator.spec import Condition, SparseAttentionServiceStatus
@@ -49,7 +50,7 @@ class Observation:
 
 def selector_string(name: str) -> str:
     """The pods' label selector as the scale subresource reports it."""
-    return ",".join(f"{k}={v}" for k, v in sorted(pod_selector(name).items()))
+    return label_selector(pod_selector(name))
 
 
 def _deployment_counts(deployment: Mapping[str, Any] | None) -> dict[str, int]:

@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 from hack.cluster.kube import Kubectl, KubectlError, WaitTimeout, wait_for
-from sas_operator.render import child_labels, pod_selector
+from sas_operator.cluster import label_selector
+from sas_operator.render import child_labels
 from sas_operator.spec import GROUP, KIND, PLURAL, VERSION
+from sas_operator.status import selector_string
 
 SAS = f"{PLURAL}.{GROUP}"
 RESYNC_SECONDS = 5
@@ -74,7 +76,7 @@ def wait_ready(kube: Kubectl, name: str, timeout: float = 90) -> Manifest:
 
 def children(kube: Kubectl, name: str, kinds: tuple[str, ...] = CHILD_KINDS) -> list[Manifest]:
     """Every object of the child kinds carrying this service's child labels."""
-    selector = ",".join(f"{k}={v}" for k, v in child_labels(name).items())
+    selector = label_selector(child_labels(name))
     found: list[Manifest] = []
     for kind in kinds:
         found += kube.list(kind, selector)
@@ -93,7 +95,7 @@ def service_monitors(kube: Kubectl, name: str) -> list[Manifest] | None:
 
 def pods(kube: Kubectl, name: str) -> list[Manifest]:
     """The service's pods, by the Deployment's selector."""
-    return kube.list("pods", ",".join(f"{k}={v}" for k, v in pod_selector(name).items()))
+    return kube.list("pods", selector_string(name))
 
 
 def controller_uid(obj: Manifest) -> str | None:
