@@ -22,6 +22,8 @@ import yaml
 from sas_operator.spec import (
     GROUP,
     KIND,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
     PLURAL,
     SHORT_NAME,
     SINGULAR,
@@ -36,9 +38,9 @@ __all__ = ["CRD_FILENAME", "NAME_RULE", "build_crd", "crd_yaml", "main", "struct
 CRD_FILENAME = f"{GROUP}_{PLURAL}.yaml"
 
 NAME_RULE = {
-    "rule": "self.metadata.name.size() <= 63"
-    " && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-    "message": "metadata.name must be a DNS-1035 label of at most 63 characters"
+    "rule": f"self.metadata.name.size() <= {NAME_MAX_LENGTH}"
+    f" && self.metadata.name.matches('{NAME_PATTERN}')",
+    "message": f"metadata.name must be a DNS-1035 label of at most {NAME_MAX_LENGTH} characters"
     " (it names the Service and the Deployment)",
 }
 

@@ -27,7 +27,14 @@ from sas_operator.metrics import OperatorMetrics
 from sas_operator.render import UnrenderableSpec, render, service_url
 from sas_operator.runtime_info import BackendReader, read_backend
 from sas_operator.settings import OperatorSettings
-from sas_operator.spec import GROUP, KIND, VERSION, SparseAttentionServiceSpec
+from sas_operator.spec import (
+    GROUP,
+    KIND,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    VERSION,
+    SparseAttentionServiceSpec,
+)
 from sas_operator.status import Observation, Problem, build_status
 
 __all__ = ["API_VERSION", "Event", "ReconcileOutcome", "Reconciler", "spec_problem"]
@@ -36,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 API_VERSION = f"{GROUP}/{VERSION}"
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
-_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +74,10 @@ def spec_problem(
     name: str, spec: Mapping[str, Any]
 ) -> tuple[SparseAttentionServiceSpec | None, Problem | None]:
     """The validated spec, or the problem that makes it invalid (the CRD's rules, re-checked)."""
-    if len(name) > 63 or not _DNS_1035.match(name):
+    if len(name) > NAME_MAX_LENGTH or not _NAME.match(name):
         return None, Problem(
             "InvalidName",
-            f"metadata.name {name!r} must be a DNS-1035 label of at most 63 characters",
+            f"metadata.name {name!r} must be a DNS-1035 label of at most {NAME_MAX_LENGTH} characters",
         )
     try:
         return SparseAttentionServiceSpec.model_validate(dict(spec)), None

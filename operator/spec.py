@@ -33,6 +33,8 @@ from sas_runtime.config import (
 __all__ = [
     "GROUP",
     "KIND",
+    "NAME_MAX_LENGTH",
+    "NAME_PATTERN",
     "PLURAL",
     "SHORT_NAME",
     "SINGULAR",
@@ -61,6 +63,10 @@ KIND = "SparseAttentionService"
 PLURAL = "sparseattentionservices"
 SINGULAR = "sparseattentionservice"
 SHORT_NAME = "sas"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A service's metadata.name is a DNS-1035 label (it names the Service and the Deployment)."""
+NAME_MAX_LENGTH = 63
+"""The longest metadata.name; the CRD's rule and the reconciler check both."""
 
 LabelKey = Annotated[
     str,
