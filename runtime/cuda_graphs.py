@@ -204,10 +204,8 @@ class GraphedForward:
     def run(self, ids: Sequence[Sequence[int]]) -> Tensor | None:
         """float32 embeddings [len(ids), hidden] on the device from the bucket's graph, or None
         when no captured bucket holds this batch."""
-        longest = max(len(text) for text in ids)
-        bucket = self.buckets.find(len(ids), longest)
-        captured = self._graphs.get(bucket) if bucket is not None else None
-        if bucket is None or captured is None:
+        bucket = self.buckets.find(len(ids), max(len(text) for text in ids))
+        if bucket is None or (captured := self._graphs.get(bucket)) is None:
             return None
         with nvtx.annotate("sas.embed.assemble", domain="sas"):
             input_ids, lengths = pad_batch(ids, bucket, self._pad)
