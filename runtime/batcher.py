@@ -96,6 +96,7 @@ class Batcher:
         self._closed = False
         self._fallback_seen: str | None = None
         self._fallback_counts_seen: dict[str, int] = {}
+        self._backend_labels: dict[str, str] | None = None
 
     @property
     def pending(self) -> int:
@@ -314,10 +315,16 @@ class Batcher:
             if count > seen:
                 self._metrics.backend_fallbacks.labels(reason=reason).inc(count - seen)
             self._fallback_counts_seen[reason] = count
-        self._metrics.backend_info.clear()
-        self._metrics.backend_info.labels(
-            model=info.model, backend=info.backend, pattern=info.pattern, device=info.device
-        ).set(1)
+        labels = {
+            "model": info.model,
+            "backend": info.backend,
+            "pattern": info.pattern,
+            "device": info.device,
+        }
+        if labels != self._backend_labels:
+            self._metrics.backend_info.clear()
+            self._metrics.backend_info.labels(**labels).set(1)
+            self._backend_labels = labels
 
 
 def _fail(job: _Job, exc: BaseException) -> None:
