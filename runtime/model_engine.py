@@ -56,6 +56,7 @@ from sas_runtime.sparse_guard import (
     SparseGuard,
     SparseLaunchError,
 )
+from sas_runtime.tensor_codec import FLOAT_DTYPES
 
 __all__ = [
     "ATTENTION_DTYPES",
@@ -66,8 +67,8 @@ __all__ = [
     "choose_device",
 ]
 
-ATTENTION_DTYPES: frozenset[torch.dtype] = frozenset({torch.float16, torch.bfloat16, torch.float32})
-"""Dtypes /v1/attention accepts for q, k and v."""
+ATTENTION_DTYPES: frozenset[torch.dtype] = frozenset(FLOAT_DTYPES.values())
+"""Dtypes /v1/attention accepts for q, k and v (the floating dtypes of the wire format)."""
 
 _TORCH_DTYPES = {
     AttentionDType.BFLOAT16: torch.bfloat16,
