@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from sas_runtime.attention.backend import AttentionMetadata
+from sas_runtime.batcher import sequence_bucket
 
 if TYPE_CHECKING:
     from torch.cuda import _POOL_HANDLE
@@ -39,8 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SMALLEST_SEQUENCE_BUCKET = 8
-
 EmbeddingsForward = Callable[[Tensor, Tensor, AttentionMetadata], Tensor]
 """(input_ids [B, S], lengths [B], metadata) -> float32 embeddings [B, hidden]."""
 MetadataBuilder = Callable[[Tensor, int], AttentionMetadata]
@@ -49,13 +48,13 @@ shapes that depend only on (B, S)."""
 
 
 def sequence_buckets(max_length: int) -> tuple[int, ...]:
-    """Powers of two from 8 up to `max_length`, and `max_length` itself: the padded lengths the
-    batcher groups texts by (`sas_runtime.batcher.sequence_bucket`), capped at the model's."""
+    """The padded lengths the batcher groups texts by (`sas_runtime.batcher.sequence_bucket`:
+    powers of two from 8) below `max_length`, and `max_length` itself, the model's cap."""
     buckets = []
-    length = _SMALLEST_SEQUENCE_BUCKET
+    length = sequence_bucket(1)
     while length < max_length:
         buckets.append(length)
-        length *= 2
+        length = sequence_bucket(length + 1)
     buckets.append(max_length)
     return tuple(buckets)
 
