@@ -42,6 +42,7 @@ __all__ = [
     "ValidationConfig",
     "cel_rules",
     "load_config",
+    "validation_problems",
 ]
 
 CEL_KEY = "x-kubernetes-validations"
@@ -410,8 +411,12 @@ def load_config(path: str | Path) -> RuntimeConfig:
     try:
         return RuntimeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"config file {path} is invalid: {problems}") from exc
+        raise ConfigError(f"config file {path} is invalid: {validation_problems(exc)}") from exc
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """Every error of `exc` as 'dotted.location: message', joined by '; '."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+        for err in exc.errors()
+    )

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
 
-from sas_runtime.config import ModelConfig, ModelSource
+from sas_runtime.config import ModelConfig, ModelSource, validation_problems
 
 __all__ = [
     "BUILTIN_MODEL_NAME",
@@ -148,12 +148,8 @@ def read_model_directory(directory: Path, *, name: str | None = None) -> ModelFi
     try:
         config = BertConfig.model_validate(_read_json(config_path))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        )
         raise ModelDirectoryError(
-            f"{config_path}: not a BERT-family model we can serve ({problems})"
+            f"{config_path}: not a BERT-family model we can serve ({validation_problems(exc)})"
         ) from exc
     pooling, normalize = _read_pipeline(directory)
     sentence_config = _read_optional_json(directory / "sentence_bert_config.json")
