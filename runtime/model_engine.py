@@ -27,7 +27,6 @@ from sas_runtime.attention import AttentionBackend, AttentionSpec, select_backen
 from sas_runtime.attention.backend import AttentionMetadata
 from sas_runtime.attention.registry import (
     BACKEND_PATHS,
-    BackendSelection,
     BackendUnavailableError,
     load_backend_class,
 )
@@ -137,7 +136,7 @@ class ModelEngine:
         self._dense = load_backend_class(AttentionBackendName.DENSE, backend_paths)()
         self._model_backend = self._guarded(self._selection.backend)
         self._graphs: GraphedForward | None = None
-        self._request_selections: dict[AttentionSpec, BackendSelection] = {}
+        self._request_backends: dict[AttentionSpec, AttentionBackend] = {}
         self._sparse_batch_counted = False
         self._tokenizer = _load_tokenizer(self._files, self._max_length)
         self._model = SentenceEncoder(
@@ -363,18 +362,16 @@ class ModelEngine:
         itself runs dense), else the configured backend. Sparse goes behind the guard, and once
         the guard has tripped, dense serves instead. A backend that cannot run the request is
         the client's problem (ValueError)."""
-        selection = self._request_selections.get(spec)
-        if selection is None:
+        backend = self._request_backends.get(spec)
+        if backend is None:
             try:
                 selection = select_backend(self._config.attention.backend, spec, self._paths)
             except BackendUnavailableError as exc:
                 raise ValueError(str(exc)) from exc
-            self._request_selections[spec] = selection
-        if selection.backend.name != AttentionBackendName.SPARSE.value:
-            return selection.backend
-        if self._guard.tripped is not None:
+            backend = self._request_backends[spec] = self._guarded(selection.backend)
+        if isinstance(backend, GuardedSparseBackend) and self._guard.tripped is not None:
             return self._dense
-        return self._guarded(selection.backend)
+        return backend
 
     def warmup(self) -> None:
         """Run one embedding batch and one attention call so first requests pay no set-up, and
