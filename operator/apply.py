@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sas_operator.cluster import Cluster, object_key
+from sas_operator.cluster import Cluster, ObjectKey, object_key
 from sas_operator.render import MANAGED_BY
 from sas_operator.spec import GROUP
 
@@ -72,6 +72,9 @@ class ApplyResult:
 
     pruned: tuple[str, ...]
     """Objects deleted because the spec no longer wants them."""
+
+    live: Mapping[ObjectKey, Mapping[str, Any]]
+    """Every wanted object as the API server holds it after the pass."""
 
     @property
     def changed(self) -> bool:
@@ -158,15 +161,17 @@ def apply_children(
     """
     applied: list[str] = []
     unchanged: list[str] = []
+    after: dict[ObjectKey, Mapping[str, Any]] = {}
     for obj in objects:
         wanted = _owned(obj, owner)
-        live = cluster.get(*object_key(wanted))
+        key = object_key(wanted)
+        live = cluster.get(*key)
         if live is not None and covers(live, wanted):
             unchanged.append(_label(wanted))
-            continue
-        cluster.apply(wanted, field_manager=field_manager)
-        applied.append(_label(wanted))
-    wanted_keys = {object_key(obj) for obj in objects}
+        else:
+            live = cluster.apply(wanted, field_manager=field_manager)
+            applied.append(_label(wanted))
+        after[key] = live
     selector = {
         "app.kubernetes.io/instance": owner.name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
@@ -176,7 +181,7 @@ def apply_children(
         for live in cluster.list(api_version, kind, owner.namespace, selector):
             live = {"apiVersion": api_version, "kind": kind, **live}
             refs = live["metadata"].get("ownerReferences") or []
-            if object_key(live) in wanted_keys or not any(r.get("uid") == owner.uid for r in refs):
+            if object_key(live) in after or not any(r.get("uid") == owner.uid for r in refs):
                 continue
             cluster.delete(
                 api_version,
@@ -186,4 +191,4 @@ def apply_children(
                 uid=live["metadata"]["uid"],
             )
             pruned.append(_label(live))
-    return ApplyResult(tuple(applied), tuple(unchanged), tuple(pruned))
+    return ApplyResult(tuple(applied), tuple(unchanged), tuple(pruned), after)

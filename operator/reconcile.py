@@ -213,7 +213,12 @@ class Reconciler:
             events.append(Event("Normal", "Applied", _describe(applied)))
             if monitoring_note:
                 events.append(Event("Normal", "MonitoringOff", monitoring_note))
-        deployment = self.cluster.get("apps/v1", "Deployment", namespace, name)
+        deployment_key = ("apps/v1", "Deployment", namespace, name)
+        deployment = (
+            applied.live.get(deployment_key)
+            if applied is not None
+            else self.cluster.get(*deployment_key)
+        )
         ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
         backend = (
             self.read_backend(
