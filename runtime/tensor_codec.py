@@ -26,20 +26,14 @@ __all__ = [
     "encode_safetensors",
 ]
 
-FLOAT_DTYPES: dict[str, torch.dtype] = {
+FLOAT_DTYPES: dict[TensorDType, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-_INDEX_DTYPES: dict[str, torch.dtype] = {"int32": torch.int32, "int64": torch.int64}
-_WIRE_DTYPES: dict[str, torch.dtype] = FLOAT_DTYPES | _INDEX_DTYPES
-_NAMES: dict[torch.dtype, TensorDType] = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.int32: "int32",
-    torch.int64: "int64",
-}
+_INDEX_DTYPES: dict[TensorDType, torch.dtype] = {"int32": torch.int32, "int64": torch.int64}
+_WIRE_DTYPES: dict[TensorDType, torch.dtype] = FLOAT_DTYPES | _INDEX_DTYPES
+_NAMES: dict[torch.dtype, TensorDType] = {dtype: name for name, dtype in _WIRE_DTYPES.items()}
 _HEADER_LENGTH = struct.Struct("<Q")
 
 
