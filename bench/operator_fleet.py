@@ -30,7 +30,7 @@ from hack.cluster import chart, tools
 from hack.cluster.cluster import LocalCluster
 from hack.cluster.kube import Kubectl, WaitTimeout, wait_for
 from hack.cluster.operator_process import OperatorProcess
-from sas_operator.spec import GROUP, KIND, PLURAL, VERSION
+from tests.e2e.services import SAS, is_ready, sas
 
 RESYNC_SECONDS = 10
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
@@ -39,35 +39,16 @@ CPU_ONLY = {
     "resources": {"gpus": 0, "cpu": "100m", "memory": "128Mi"},
     "server": {"device": "cpu"},
 }
-SAS = f"{PLURAL}.{GROUP}"
-
-
-def _sas(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {"name": name},
-        "spec": spec,
-    }
 
 
 def _ready_names(kube: Kubectl) -> set[str]:
-    ready: set[str] = set()
-    for service in kube.list(SAS):
-        status = service.get("status", {})
-        if status.get("observedGeneration") != service["metadata"]["generation"]:
-            continue
-        if any(
-            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
-        ):
-            ready.add(service["metadata"]["name"])
-    return ready
+    return {service["metadata"]["name"] for service in kube.list(SAS) if is_ready(service)}
 
 
 def measure_latency(kube: Kubectl, index: int) -> tuple[float, float]:
     """Seconds from `kubectl apply` returning to the Deployment existing, and to Ready."""
     name = f"latency-{index}"
-    kube.apply(_sas(name, CPU_ONLY))
+    kube.apply(sas(name, **CPU_ONLY))
     applied = time.monotonic()
     wait_for("the Deployment", lambda: kube.get("deployments", name), 60, interval=0.01)
     to_deployment = time.monotonic() - applied
@@ -78,7 +59,7 @@ def measure_latency(kube: Kubectl, index: int) -> tuple[float, float]:
 def measure_many(kube: Kubectl, count: int) -> float:
     """Seconds from applying `count` services in one request to all of them Ready."""
     names = {f"fleet-{i:03d}" for i in range(count)}
-    kube.apply(*(_sas(name, CPU_ONLY) for name in sorted(names)))
+    kube.apply(*(sas(name, **CPU_ONLY) for name in sorted(names)))
     applied = time.monotonic()
     try:
         wait_for(f"{count} services Ready", lambda: names <= _ready_names(kube), 300, interval=0.5)

@@ -29,6 +29,7 @@ from hack.cluster.kube import Kubectl, wait_for
 from hack.cluster.operator_process import OperatorProcess
 from sas_operator.render import CONFIG_DIR, CONFIG_FILE
 from sas_runtime.tensor_codec import encode_payload
+from tests.e2e.services import current_and_ready
 
 EXAMPLE = chart.REPO_ROOT / "examples" / "sas-minilm.yaml"
 STEPS = 10
@@ -142,7 +143,7 @@ def run_demo(workdir: Path) -> None:
         with progress.step(f"kubectl apply -f {EXAMPLE.relative_to(chart.REPO_ROOT)}"):
             name = _service_name(kube)
         with progress.step(f"wait for {name} to be Ready"):
-            wait_for(f"{name} Ready", lambda: _ready(kube, name), 120)
+            wait_for(f"{name} Ready", lambda: current_and_ready(kube, name), 120)
         with progress.step(
             "start the runtime with the ConfigMap's config and the Deployment's command"
         ):
@@ -196,14 +197,6 @@ def run_demo(workdir: Path) -> None:
             for line in _metric_lines(operator_metrics, ("sas_operator_",)):
                 print(f"  {line}")
         print("tearing down", file=sys.stderr)
-
-
-def _ready(kube: Kubectl, name: str) -> bool:
-    service = kube.get("sas", name) or {}
-    status = service.get("status", {})
-    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-    current = status.get("observedGeneration") == service.get("metadata", {}).get("generation")
-    return current and conditions.get("Ready") == "True"
 
 
 def _answers(url: str, process: subprocess.Popen[bytes]) -> bool:

@@ -46,16 +46,17 @@ def condition(obj: Manifest, kind: str) -> Manifest | None:
     return next((c for c in conditions if c["type"] == kind), None)
 
 
+def is_ready(obj: Manifest) -> bool:
+    """Whether the SAS's status is Ready for its current generation."""
+    ready = condition(obj, "Ready")
+    current = obj.get("status", {}).get("observedGeneration") == obj["metadata"]["generation"]
+    return current and ready is not None and ready["status"] == "True"
+
+
 def current_and_ready(kube: Kubectl, name: str) -> Manifest | None:
     """The SAS when its status is Ready for its current generation, else None."""
     obj = kube.get(SAS, name)
-    if obj is None:
-        return None
-    status = obj.get("status", {})
-    ready = condition(obj, "Ready")
-    if status.get("observedGeneration") != obj["metadata"]["generation"] or ready is None:
-        return None
-    return obj if ready["status"] == "True" else None
+    return obj if obj is not None and is_ready(obj) else None
 
 
 def wait_ready(kube: Kubectl, name: str, timeout: float = 90) -> Manifest:
