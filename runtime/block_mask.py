@@ -19,6 +19,7 @@ sequence's valid length are masked, so a ragged key tail is always a partial blo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -157,25 +158,27 @@ class BlockMask:
         visited = self.full_blocks | self.partial_blocks
         return float(visited.float().mean().item())
 
-    def to(self, device: torch.device) -> BlockMask:
-        """The same mask with every tensor on `device`."""
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> BlockMask:
+        """The same mask with `fn` applied to each of its tensors (the element mask's too)."""
         element = self.element_mask
         return dataclasses.replace(
             self,
-            kv_num_blocks=self.kv_num_blocks.to(device),
-            kv_indices=self.kv_indices.to(device),
-            full_kv_num_blocks=self.full_kv_num_blocks.to(device),
-            full_kv_indices=self.full_kv_indices.to(device),
-            partial_blocks=self.partial_blocks.to(device),
-            full_blocks=self.full_blocks.to(device),
+            kv_num_blocks=fn(self.kv_num_blocks),
+            kv_indices=fn(self.kv_indices),
+            full_kv_num_blocks=fn(self.full_kv_num_blocks),
+            full_kv_indices=fn(self.full_kv_indices),
+            partial_blocks=fn(self.partial_blocks),
+            full_blocks=fn(self.full_blocks),
             element_mask=dataclasses.replace(
                 element,
-                kv_lengths=None if element.kv_lengths is None else element.kv_lengths.to(device),
-                document_ids=None
-                if element.document_ids is None
-                else element.document_ids.to(device),
+                kv_lengths=None if element.kv_lengths is None else fn(element.kv_lengths),
+                document_ids=None if element.document_ids is None else fn(element.document_ids),
             ),
         )
+
+    def to(self, device: torch.device) -> BlockMask:
+        """The same mask with every tensor on `device`."""
+        return self.map_tensors(lambda t: t.to(device))
 
     def to_dense(self) -> Tensor:
         """Boolean [B, H, q_len, kv_len]: True where a query may attend to a key."""

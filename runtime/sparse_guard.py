@@ -10,7 +10,6 @@ on) and counts the batches sent to dense instead, by reason.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import ClassVar
 
@@ -85,21 +84,7 @@ def launch_problems(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask) -> l
 
 def first_sample(block_mask: BlockMask) -> BlockMask:
     """The block mask of the batch's first sequence alone (batch dimension 1)."""
-    element = block_mask.element_mask
-    return dataclasses.replace(
-        block_mask,
-        kv_num_blocks=block_mask.kv_num_blocks[:1],
-        kv_indices=block_mask.kv_indices[:1],
-        full_kv_num_blocks=block_mask.full_kv_num_blocks[:1],
-        full_kv_indices=block_mask.full_kv_indices[:1],
-        partial_blocks=block_mask.partial_blocks[:1],
-        full_blocks=block_mask.full_blocks[:1],
-        element_mask=dataclasses.replace(
-            element,
-            kv_lengths=None if element.kv_lengths is None else element.kv_lengths[:1],
-            document_ids=None if element.document_ids is None else element.document_ids[:1],
-        ),
-    )
+    return block_mask.map_tensors(lambda t: t[:1])
 
 
 def rmse(result: Tensor, reference: Tensor) -> float:
