@@ -40,6 +40,12 @@ def free_port() -> int:
         return port
 
 
+def log_tail(log: Path, lines: int) -> str:
+    """The last `lines` lines of a process's log file ("" while it does not exist)."""
+    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join(text[-lines:])
+
+
 def die_with_parent() -> None:
     """Run in each child before exec: the kernel sends it SIGTERM if this Python process dies."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -55,8 +61,7 @@ class Component:
     log: Path
 
     def log_tail(self, lines: int = 20) -> str:
-        text = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return "\n".join(text[-lines:])
+        return log_tail(self.log, lines)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hack.cluster.cluster import ClusterError, die_with_parent, free_port, http_ok
+from hack.cluster.cluster import ClusterError, die_with_parent, free_port, http_ok, log_tail
 from hack.cluster.kube import WaitTimeout, wait_for
 
 HEALTH_PORT_VARIABLE = "SAS_OPERATOR_HEALTH_PORT"
@@ -87,5 +87,4 @@ class OperatorProcess:
             self.process = None
 
     def log_tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return "\n".join(text[-lines:])
+        return log_tail(self.log, lines)
