@@ -24,7 +24,7 @@ import httpx
 import torch
 
 from hack.cluster import chart, tools
-from hack.cluster.cluster import LocalCluster, die_with_parent, free_port
+from hack.cluster.cluster import LocalCluster, die_with_parent, free_port, http_ok
 from hack.cluster.kube import Kubectl, wait_for
 from hack.cluster.operator_process import OperatorProcess
 from sas_operator.render import CONFIG_DIR, CONFIG_FILE
@@ -202,10 +202,7 @@ def run_demo(workdir: Path) -> None:
 def _answers(url: str, process: subprocess.Popen[bytes]) -> bool:
     if process.poll() is not None:
         raise DemoFailed(f"the runtime exited with {process.returncode} before it was ready")
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return http_ok(url)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
