@@ -7,6 +7,7 @@ from typing import Any
 
 from sas_operator.apply import CHILD_KINDS
 from sas_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES, PEERING_RULES, Rule
+from tests.unit.operator.operator_fakes import PLURALS
 
 from .tools import Manifest, find, render
 
@@ -70,20 +71,10 @@ def test_without_peering_no_peering_grants() -> None:
 def test_every_child_kind_can_be_applied_and_pruned() -> None:
     (cluster_role,) = find(render(), "ClusterRole")
     grants = grants_of_role(cluster_role)
-    plurals = {
-        "ServiceAccount": "serviceaccounts",
-        "ConfigMap": "configmaps",
-        "Deployment": "deployments",
-        "Service": "services",
-        "ServiceMonitor": "servicemonitors",
-        "PodDisruptionBudget": "poddisruptionbudgets",
-        "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-        "NetworkPolicy": "networkpolicies",
-    }
     for api_version, kind in CHILD_KINDS:
         group = api_version.rpartition("/")[0]
         for verb in ("get", "list", "create", "patch", "delete"):
-            assert (group, plurals[kind], verb) in grants, (kind, verb)
+            assert (group, PLURALS[kind], verb) in grants, (kind, verb)
 
 
 def test_no_wildcards_no_escalation_and_secrets_only_read_by_name() -> None:
