@@ -38,9 +38,12 @@ from sas_runtime.batcher import (
     BatcherClosedError,
     DeadlineExceededError,
     QueueFullError,
+    RateLimitedError,
+    WorkQueue,
 )
 from sas_runtime.config import LongInputPolicy, PatternConfig, RuntimeConfig
-from sas_runtime.engine import AttentionInput, Engine
+from sas_runtime.engine import AttentionInput, Engine, EngineView
+from sas_runtime.engine_ipc import EngineUnavailableError
 from sas_runtime.metrics import CONTENT_TYPE_LATEST, RuntimeMetrics
 from sas_runtime.rate_limit import TokenBucket
 from sas_runtime.tensor_codec import (
@@ -52,7 +55,14 @@ from sas_runtime.tensor_codec import (
     encode_safetensors,
 )
 
-__all__ = ["ApiError", "OrjsonResponse", "ServingState", "create_app", "serving_state"]
+__all__ = [
+    "ApiError",
+    "OrjsonResponse",
+    "ServingState",
+    "create_app",
+    "create_frontend_app",
+    "serving_state",
+]
 
 logger = logging.getLogger("sas_runtime")
 
@@ -126,14 +136,20 @@ class ApiError(Exception):
 
 class ServingState:
     """What the app serves with and whether it may take work: engine, batcher, limits,
-    readiness, and the count of /v1 work requests in flight (what a drain waits for)."""
+    readiness, and the count of /v1 work requests in flight (what a drain waits for). The
+    batcher runs here, or in the engine process when this is one of several front-ends."""
 
-    def __init__(self, config: RuntimeConfig, engine: Engine, metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        engine: EngineView,
+        metrics: RuntimeMetrics,
+        batcher: WorkQueue,
+    ) -> None:
         self.config = config
         self.engine = engine
         self.metrics = metrics
-        self.batcher = Batcher(engine, config.batching, metrics)
-        self.bucket = TokenBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
+        self.batcher = batcher
         self.auth = (
             BearerAuth.from_file(config.server.auth_token_file)
             if config.server.auth_token_file
@@ -192,8 +208,9 @@ class ServingState:
 
 
 class _AdmissionMiddleware:
-    """Before any route: bearer auth on /v1, readiness and the token bucket on work endpoints,
-    the body-size limit; around every request: latency and status metrics."""
+    """Before any route: bearer auth on /v1, readiness on work endpoints, the body-size limit;
+    around every request: latency and status metrics. (The rate limit is the batcher's, so
+    that it holds across front-end processes.)"""
 
     def __init__(self, app: ASGIApp, state: ServingState) -> None:
         self.app = app
@@ -246,14 +263,6 @@ class _AdmissionMiddleware:
             return ApiError(503, "the runtime is shutting down", reason="draining", retry_after=1)
         if not state.ready:
             return ApiError(503, "the runtime is warming up", reason="not_ready", retry_after=1)
-        wait = state.bucket.try_acquire()
-        if wait > 0:
-            return ApiError(
-                429,
-                f"over the rate limit of {state.config.rate_limit.requests_per_second:g} requests/s",
-                reason="rate_limited",
-                retry_after=wait,
-            )
         return None
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[Receive, ApiError | None]:
@@ -327,11 +336,29 @@ def serving_state(app: FastAPI) -> ServingState:
 
 
 def create_app(
-    config: RuntimeConfig, engine: Engine, *, metrics: RuntimeMetrics | None = None
+    config: RuntimeConfig,
+    engine: Engine,
+    *,
+    metrics: RuntimeMetrics | None = None,
 ) -> FastAPI:
-    """The runtime's ASGI app serving `engine` as `config` says. Its lifespan warms the engine
-    up (readiness follows) and, on shutdown, drains in-flight work."""
-    state = ServingState(config, engine, metrics or RuntimeMetrics())
+    """The runtime's ASGI app serving `engine` in this process as `config` says. Its lifespan
+    warms the engine up (readiness follows) and, on shutdown, drains in-flight work."""
+    metrics = metrics or RuntimeMetrics()
+    bucket = TokenBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
+    batcher = Batcher(engine, config.batching, metrics, rate_limit=bucket)
+    return create_frontend_app(config, engine, batcher, metrics=metrics)
+
+
+def create_frontend_app(
+    config: RuntimeConfig,
+    engine: EngineView,
+    batcher: WorkQueue,
+    *,
+    metrics: RuntimeMetrics | None = None,
+) -> FastAPI:
+    """The runtime's ASGI app handing work to `batcher`: this process's, or the engine
+    process's through `sas_runtime.engine_client`."""
+    state = ServingState(config, engine, metrics or RuntimeMetrics(), batcher)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -353,7 +380,7 @@ def create_app(
     app.add_middleware(_AdmissionMiddleware, state=state)
     _add_error_handlers(app, state)
     _add_routes(app, state)
-    app.openapi = _openapi(app, served_model=engine.info.model)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, engine)  # type: ignore[method-assign]
     return app
 
 
@@ -376,7 +403,11 @@ def _add_error_handlers(app: FastAPI, state: ServingState) -> None:
         logger.exception("request failed", exc_info=exc)
         return ApiError(500, "the runtime failed on this request", reason="internal").response()
 
+    async def engine_unavailable(_: Request, exc: Exception) -> Response:
+        return await api_error(_, ApiError(503, str(exc), reason="not_ready", retry_after=1))
+
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(EngineUnavailableError, engine_unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, server_error)
@@ -397,8 +428,12 @@ async def _run(work: Awaitable[Any]) -> Any:
     """Await batcher work, turning its refusals into API errors."""
     try:
         return await work
+    except RateLimitedError as exc:
+        raise ApiError(429, str(exc), reason="rate_limited", retry_after=exc.retry_after) from exc
     except QueueFullError as exc:
         raise ApiError(429, str(exc), reason="queue_full", retry_after=1) from exc
+    except EngineUnavailableError as exc:
+        raise ApiError(503, str(exc), reason="not_ready", retry_after=1) from exc
     except DeadlineExceededError as exc:
         raise ApiError(504, str(exc), reason="deadline_exceeded") from exc
     except BatcherClosedError as exc:
@@ -610,7 +645,7 @@ def _attention_from_safetensors(body: bytes, limit: int) -> _Tensors:
     return tensors["q"], tensors["k"], tensors["v"], tensors.get("document_ids"), pattern
 
 
-def _openapi(app: FastAPI, *, served_model: str) -> Callable[[], dict[str, Any]]:
+def _openapi(app: FastAPI, engine: EngineView) -> Callable[[], dict[str, Any]]:
     """The OpenAPI document, with /v1/attention's two request forms (its route reads the raw
     body, so FastAPI cannot describe it) and the one model name this app serves."""
 
@@ -624,7 +659,7 @@ def _openapi(app: FastAPI, *, served_model: str) -> Callable[[], dict[str, Any]]
             for name, definition in request_schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)
             components["AttentionRequest"] = request_schema
-            components["EmbeddingsRequest"]["properties"]["model"]["enum"] = [served_model]
+            components["EmbeddingsRequest"]["properties"]["model"]["enum"] = [engine.info.model]
             schema["paths"]["/v1/attention"]["post"]["requestBody"] = {
                 "required": True,
                 "content": {

@@ -9,7 +9,7 @@ import heapq
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import nvtx
@@ -24,12 +24,15 @@ if TYPE_CHECKING:
     from sas_runtime.config import BatchingConfig
     from sas_runtime.engine import Engine
     from sas_runtime.metrics import RuntimeMetrics
+    from sas_runtime.rate_limit import TokenBucket
 
 __all__ = [
     "Batcher",
     "BatcherClosedError",
     "DeadlineExceededError",
     "QueueFullError",
+    "RateLimitedError",
+    "WorkQueue",
     "sequence_bucket",
 ]
 
@@ -39,6 +42,14 @@ _SMALLEST_BUCKET = 8
 
 class QueueFullError(Exception):
     """The queue holds `maxQueueDepth` requests already; the caller should retry later."""
+
+
+class RateLimitedError(Exception):
+    """Over the configured request rate; `retry_after` seconds until one more is admitted."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeadlineExceededError(Exception):
@@ -53,6 +64,19 @@ def sequence_bucket(length: int) -> int:
     """The padded length a text of `length` tokens is batched at: the next power of two (at
     least 8), so a batch's padding never exceeds its real tokens."""
     return max(_SMALLEST_BUCKET, 1 << (max(length, 1) - 1).bit_length())
+
+
+class WorkQueue(Protocol):
+    """What the HTTP app asks of the batcher: this process's `Batcher`, or in a front-end
+    process the client of the engine process's batcher (`sas_runtime.engine_client`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def embed(self, texts: Sequence[EncodedText], *, deadline: float) -> np.ndarray: ...
+
+    async def attend(self, item: AttentionInput, *, deadline: float) -> torch.Tensor: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -72,15 +96,23 @@ class Batcher:
     """Runs engine work in batches.
 
     Requests enter through `embed` / `attend`, which wait for the result (or raise
-    QueueFullError, DeadlineExceededError, BatcherClosedError, or the engine's ValueError for
-    input it cannot take). Queue depth counts admitted requests not yet answered. A batch holds
+    RateLimitedError, QueueFullError, DeadlineExceededError, BatcherClosedError, or the engine's
+    ValueError for input it cannot take). Each request takes a token from `rate_limit` first. Queue depth counts admitted requests not yet answered. A batch holds
     work of one group only (embeddings of one sequence bucket, or attention problems of one
     shape), at most `maxBatchSize` units and `maxTokens` padded tokens (a single larger unit
     still runs alone). The group with the earliest deadline goes first.
     """
 
-    def __init__(self, engine: Engine, batching: BatchingConfig, metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        batching: BatchingConfig,
+        metrics: RuntimeMetrics,
+        *,
+        rate_limit: TokenBucket | None = None,
+    ) -> None:
         self._engine = engine
+        self._rate_limit = rate_limit
         self._window = batching.window_microseconds / 1e6
         self._max_batch = batching.max_batch_size
         self._max_tokens = batching.max_tokens
@@ -159,6 +191,11 @@ class Batcher:
     async def _submit(self, jobs: list[_Job], deadline: float) -> list[object]:
         if self._closed:
             raise BatcherClosedError("the runtime is shutting down")
+        if self._rate_limit is not None and (wait := self._rate_limit.try_acquire()) > 0:
+            raise RateLimitedError(
+                f"over the rate limit of {self._rate_limit.rate:g} requests/s",
+                retry_after=wait,
+            )
         if self._pending >= self._max_queue:
             raise QueueFullError(
                 f"the queue holds {self._pending} requests (batching.maxQueueDepth)"
@@ -322,7 +359,9 @@ class Batcher:
             "device": info.device,
         }
         if labels != self._backend_labels:
-            self._metrics.backend_info.clear()
+            if self._backend_labels is not None:
+                # Set to 0, not removed: multi-process metrics cannot remove a series.
+                self._metrics.backend_info.labels(**self._backend_labels).set(0)
             self._metrics.backend_info.labels(**labels).set(1)
             self._backend_labels = labels
 

@@ -368,6 +368,12 @@ class ServerConfig(SpecModel):
     max_attention_elements: Annotated[int, Field(ge=1, le=1 << 31)] = 1 << 24
     """Most elements in each of q, k and v of one attention request."""
 
+    frontends: Annotated[int, Field(ge=1, le=64)] = 1
+    """HTTP front-end processes. 1: HTTP, batching and the model share one process. More: each
+    front-end parses, validates and tokenizes requests and hands them to one engine process,
+    which batches across all of them; for GPU pods, where one Python process cannot keep the
+    GPU busy (give the pod about one CPU per front-end, plus one for the engine)."""
+
     drain_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     """On SIGTERM: how long in-flight work may take to finish before the process exits."""
 

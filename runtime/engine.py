@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from sas_runtime.config import PatternConfig
 
-__all__ = ["AttentionInput", "EncodedText", "Engine", "EngineInfo"]
+__all__ = ["AttentionInput", "EncodedText", "Engine", "EngineInfo", "EngineView", "TextEncoder"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +77,27 @@ class EngineInfo:
     cuda_graph_memory_bytes: int = 0
 
 
-class Engine(Protocol):
-    """Runs model work. `encode` is cheap and thread-safe; `embed` and `attend` are called from
-    one worker thread at a time by the batcher, with batches it has already sized to the
-    configured limits. They raise ValueError for input the engine cannot take (the app turns it
-    into 4xx); any other exception is an engine failure."""
-
-    @property
-    def info(self) -> EngineInfo: ...
+class TextEncoder(Protocol):
+    """The model's tokenizer. Thread-safe; cheap enough to call on the event loop."""
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Tokenize texts; texts too long are truncated and flagged (the app decides on 413)."""
         ...
+
+
+class EngineView(TextEncoder, Protocol):
+    """What the HTTP app reads of the engine: its info and its tokenizer. In a front-end
+    process the engine itself runs in the engine process (`sas_runtime.engine_client`)."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+
+class Engine(EngineView, Protocol):
+    """Runs model work. `encode` is cheap and thread-safe; `embed` and `attend` are called from
+    one worker thread at a time by the batcher, with batches it has already sized to the
+    configured limits. They raise ValueError for input the engine cannot take (the app turns it
+    into 4xx); any other exception is an engine failure."""
 
     def embed(self, batch: Sequence[EncodedText]) -> np.ndarray:
         """Embed a batch: float32 array [len(batch), embedding_dim], pooled and normalised as

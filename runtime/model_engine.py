@@ -61,7 +61,9 @@ __all__ = [
     "ATTENTION_DTYPES",
     "EngineStartError",
     "ModelEngine",
+    "ModelTextEncoder",
     "build_engine",
+    "build_text_encoder",
     "check_attention_input",
     "choose_device",
 ]
@@ -138,7 +140,7 @@ class ModelEngine:
         self._graphs: GraphedForward | None = None
         self._request_backends: dict[AttentionSpec, AttentionBackend] = {}
         self._sparse_batch_counted = False
-        self._tokenizer = _load_tokenizer(self._files, self._max_length)
+        self._text_encoder = ModelTextEncoder(self._files, self._max_length)
         self._model = SentenceEncoder(
             self._files.config, self._files.pooling, normalize=self._files.normalize
         )
@@ -191,13 +193,7 @@ class ModelEngine:
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Tokenize with the model's special tokens, cut to the maximum length and flagged."""
-        if self._files.do_lower_case:
-            texts = [text.lower() for text in texts]
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        return [
-            EncodedText(ids=tuple(encoding.ids), truncated=bool(encoding.overflowing))
-            for encoding in encodings
-        ]
+        return self._text_encoder.encode(texts)
 
     def embed(self, batch: Sequence[EncodedText]) -> np.ndarray:
         """float32 [len(batch), embedding_dim], the batch padded to its longest text."""
@@ -479,14 +475,37 @@ def _max_sequence_length(config: RuntimeConfig, files: ModelFiles) -> int:
     return requested
 
 
-def _load_tokenizer(files: ModelFiles, max_length: int) -> Tokenizer:
-    try:
-        tokenizer = Tokenizer.from_file(str(files.tokenizer_path))
-    except Exception as exc:
-        raise EngineStartError(f"{files.tokenizer_path}: cannot load tokenizer ({exc})") from exc
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer
+class ModelTextEncoder:
+    """The model directory's tokenizer: special tokens added, cut to the maximum length."""
+
+    def __init__(self, files: ModelFiles, max_length: int) -> None:
+        try:
+            tokenizer = Tokenizer.from_file(str(files.tokenizer_path))
+        except Exception as exc:
+            raise EngineStartError(
+                f"{files.tokenizer_path}: cannot load tokenizer ({exc})"
+            ) from exc
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=max_length)
+        self._tokenizer = tokenizer
+        self._lower_case = files.do_lower_case
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Token ids per text, flagged when the text was cut."""
+        if self._lower_case:
+            texts = [text.lower() for text in texts]
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return [
+            EncodedText(ids=tuple(encoding.ids), truncated=bool(encoding.overflowing))
+            for encoding in encodings
+        ]
+
+
+def build_text_encoder(config: RuntimeConfig) -> ModelTextEncoder:
+    """The configured model's tokenizer alone (no weights, no device): what an HTTP
+    front-end process needs."""
+    files = _read_files(config)
+    return ModelTextEncoder(files, _max_sequence_length(config, files))
 
 
 def build_engine(config: RuntimeConfig) -> ModelEngine:

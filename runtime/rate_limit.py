@@ -11,7 +11,7 @@ __all__ = ["TokenBucket"]
 class TokenBucket:
     """Holds up to `burst` tokens, refilled at `rate` tokens per second; one request takes one.
 
-    Not thread-safe: the HTTP app calls it from its event loop only. `clock` returns seconds
+    Not thread-safe: the batcher calls it from its event loop only. `clock` returns seconds
     (monotonic); tests pass their own.
     """
 
@@ -25,6 +25,11 @@ class TokenBucket:
         self._clock = clock
         self._tokens = float(burst)
         self._updated = clock()
+
+    @property
+    def rate(self) -> float:
+        """Sustained requests per second."""
+        return self._rate
 
     @property
     def tokens(self) -> float:

@@ -121,6 +121,12 @@ def build_fake_engine(config: RuntimeConfig) -> FakeEngine:
     )
 
 
+def build_fake_text_encoder(config: RuntimeConfig) -> FakeEngine:
+    """The fake engine's whitespace tokenizer, for front-end processes
+    (`--text-encoder tests.fake_engine:build_fake_text_encoder`)."""
+    return build_fake_engine(config)
+
+
 def build_slow_fake_engine(config: RuntimeConfig) -> FakeEngine:
     """Like build_fake_engine, with 50 ms per forward: work stays in flight long enough to
     watch (drain tests)."""
