@@ -66,6 +66,7 @@ class EngineClient:
         self._closed = True
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(BatcherClosedError("the runtime is shutting down"))

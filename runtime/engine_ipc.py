@@ -62,8 +62,11 @@ ERRORS: dict[str, type[Exception]] = {
 def _tensor_from_bytes(
     data: memoryview | bytes, dtype: str, shape: tuple[int, ...]
 ) -> torch.Tensor:
+    torch_dtype = getattr(torch, dtype)
+    if not len(data):
+        return torch.empty(shape, dtype=torch_dtype)
     raw = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
-    return raw.view(getattr(torch, dtype)).reshape(shape)
+    return raw.view(torch_dtype).reshape(shape)
 
 
 def _reduce_tensor(tensor: torch.Tensor) -> tuple[Any, tuple[Any, ...]]:

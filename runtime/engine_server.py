@@ -71,8 +71,13 @@ class EngineServer:
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=1)
             receiver.cancel()
-            self._socket.close()
-            self._context.term()
+            await asyncio.gather(receiver, return_exceptions=True)
+            self.close()
+
+    def close(self) -> None:
+        """Close the socket (`serve` does this when it stops)."""
+        self._socket.close()
+        self._context.term()
 
     async def _receive(self) -> None:
         while True:

@@ -21,6 +21,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_ENGINE = "sas_runtime.model_engine:build_engine"
 FAKE_ENGINE = "tests.fake_engine:build_fake_engine"
 SLOW_FAKE_ENGINE = "tests.fake_engine:build_slow_fake_engine"
+TEXT_ENCODERS = {
+    REAL_ENGINE: "sas_runtime.model_engine:build_text_encoder",
+    FAKE_ENGINE: "tests.fake_engine:build_fake_text_encoder",
+    SLOW_FAKE_ENGINE: "tests.fake_engine:build_fake_text_encoder",
+}
+"""The tokenizer that front-end processes (server.frontends > 1) load for each engine."""
 
 
 def engine_under_test() -> str:
@@ -77,6 +83,7 @@ def start_runtime_process(
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *sys.path])}
     command = [sys.executable, "-m", "sas_runtime", "serve", "--config", str(config_file)]
     command += ["--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--engine", engine]
+    command += ["--text-encoder", TEXT_ENCODERS[engine]]
     with log.open("wb") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT

@@ -177,6 +177,17 @@ def test_random_block_masks_with_empty_rows(density: float, head_dim: int) -> No
     _check(q, k, v, _random_mask(2, 4, 1100, 1100, density))
 
 
+@pytest.mark.parametrize("density", [1.0, 0.3])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_many_tiles_per_cta(density: float, head_dim: int) -> None:
+    """More tiles (2 x 8 heads x 17 query blocks) than the H100 has SMs, so every persistent CTA
+    runs tiles back to back, empty ones among them: checks the hand-over between tiles."""
+    torch.manual_seed(int(density * 10) + head_dim)
+    case = Case("many-tiles", 2, 8, 4, 2100, 2100, head_dim, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    _check(q, k, v, _random_mask(2, 8, 2100, 2100, density))
+
+
 def test_same_inputs_give_identical_outputs() -> None:
     torch.manual_seed(7)
     case = Case("repeat", 2, 8, 2, 2048, 2048, 128, DENSE)

@@ -30,9 +30,11 @@ CONFIG: dict[str, Any] = {
 LONG_TEXT = " ".join(["tokens"] * 400)
 
 
-@pytest.fixture(scope="module")
-def runtime(start_runtime: StartRuntime) -> RuntimeProcess:
-    return start_runtime(CONFIG, engine=engine_under_test())
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-frontends"])
+def runtime(start_runtime: StartRuntime, request: pytest.FixtureRequest) -> RuntimeProcess:
+    """The runtime in one process, and as two HTTP front-ends around an engine process."""
+    config = CONFIG | {"server": CONFIG["server"] | {"frontends": request.param}}
+    return start_runtime(config, engine=engine_under_test())
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,15 @@ from tests.runtime_process import (
     engine_under_test,
 )
 
+FRONTENDS = pytest.mark.parametrize("frontends", [1, 2], ids=["one-process", "two-frontends"])
+"""Each case runs on the runtime in one process and as two front-ends around an engine process
+(where SIGTERM reaches the supervisor, which drains the front-ends, then stops the engine)."""
 
-def _config(drain_seconds: int) -> dict[str, Any]:
+
+def _config(drain_seconds: int, frontends: int) -> dict[str, Any]:
     return {
         "batching": {"windowMicroseconds": 0, "maxBatchSize": 1},
-        "server": {"device": "cpu", "drainSeconds": drain_seconds},
+        "server": {"device": "cpu", "drainSeconds": drain_seconds, "frontends": frontends},
     }
 
 
@@ -58,6 +62,7 @@ async def _sigterm_with_work_in_flight(
         return list(await asyncio.gather(*in_flight)), readyz, late
 
 
+@FRONTENDS
 @pytest.mark.parametrize(
     ("engine", "texts"),
     [
@@ -70,11 +75,11 @@ async def _sigterm_with_work_in_flight(
     ],
 )
 def test_sigterm_lets_in_flight_work_finish_then_exits_0(
-    start_runtime: StartRuntime, engine: str, texts: list[str]
+    start_runtime: StartRuntime, engine: str, texts: list[str], frontends: int
 ) -> None:
     if engine == REAL_ENGINE and engine_under_test() != REAL_ENGINE:
         pytest.skip("sas_runtime.model_engine does not import here")
-    runtime = start_runtime(_config(drain_seconds=30), engine=engine)
+    runtime = start_runtime(_config(drain_seconds=30, frontends=frontends), engine=engine)
     answered, readyz, late = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, texts))
     assert [r.status_code for r in answered] == [200] * 8
     assert all(len(r.json()["data"]) == len(texts) for r in answered)
@@ -85,10 +90,11 @@ def test_sigterm_lets_in_flight_work_finish_then_exits_0(
     assert "Traceback" not in runtime.output()
 
 
+@FRONTENDS
 def test_work_past_the_drain_time_is_answered_503_and_the_exit_is_still_0(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, frontends: int
 ) -> None:
-    runtime = start_runtime(_config(drain_seconds=1), engine=SLOW_FAKE_ENGINE)
+    runtime = start_runtime(_config(drain_seconds=1, frontends=frontends), engine=SLOW_FAKE_ENGINE)
     texts = [f"text {i}" for i in range(8)]
     answered, _, _ = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, texts))
     statuses = [r.status_code for r in answered]

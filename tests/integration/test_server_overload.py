@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime_process import StartRuntime, engine_under_test
@@ -39,10 +40,14 @@ def _sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.mark.parametrize("frontends", [1, 2], ids=["one-process", "two-frontends"])
 def test_overload_gives_only_200_429_503_and_answers_every_request(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, frontends: int
 ) -> None:
-    runtime = start_runtime(CONFIG, engine=engine_under_test())
+    """With two front-ends the queue bound and the rate limit still hold for the pod as a
+    whole, and /metrics (summed over the processes) still agrees with the clients."""
+    config = CONFIG | {"server": CONFIG["server"] | {"frontends": frontends}}
+    runtime = start_runtime(config, engine=engine_under_test())
 
     async def run() -> tuple[list[httpx.Response], str]:
         limits = httpx.Limits(max_connections=CLIENTS)

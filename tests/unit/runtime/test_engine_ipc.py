@@ -1,0 +1,229 @@
+"""The front-end <-> engine process wire, and the engine server and client over a real socket
+in one process (fake engine): results, every refusal, and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sas_runtime.batcher import (
+    BatcherClosedError,
+    DeadlineExceededError,
+    QueueFullError,
+    RateLimitedError,
+)
+from sas_runtime.config import BatchingConfig, RateLimitConfig, RuntimeConfig
+from sas_runtime.engine import AttentionInput, EncodedText
+from sas_runtime.engine_client import EngineClient, RemoteEngine
+from sas_runtime.engine_ipc import (
+    EngineUnavailableError,
+    error_outcome,
+    pack,
+    raise_outcome,
+    unpack,
+)
+from sas_runtime.engine_server import EngineServer
+from tests.fake_engine import REFUSED_WORD, FakeEngine
+
+
+def _roundtrip(message: object) -> object:
+    return unpack([bytes(frame) for frame in pack(message)])
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int32], ids=str
+)
+def test_tensors_cross_out_of_band_with_dtype_shape_and_values(dtype: torch.dtype) -> None:
+    tensor = (torch.arange(2 * 3 * 5).reshape(2, 3, 5) - 7).to(dtype)
+    frames = pack(("attend", tensor))
+    assert len(frames) == 2, "the tensor's bytes travel as their own frame"
+    (name, back) = _roundtrip(("attend", tensor))  # type: ignore[misc]
+    assert name == "attend"
+    assert back.dtype == dtype
+    assert back.shape == tensor.shape
+    assert torch.equal(back, tensor)
+
+
+def test_strided_empty_and_scalar_tensors_cross_intact() -> None:
+    strided = torch.randn(4, 6).t()
+    empty = torch.zeros(0, 3, dtype=torch.bfloat16)
+    scalar = torch.tensor(2.5)
+    back = _roundtrip([strided, empty, scalar])
+    assert isinstance(back, list)
+    assert torch.equal(back[0], strided)
+    assert back[1].shape == (0, 3)
+    assert back[1].dtype == torch.bfloat16
+    assert back[2].shape == ()
+    assert back[2].item() == 2.5
+
+
+def test_attention_inputs_and_arrays_cross() -> None:
+    item = AttentionInput(
+        q=torch.randn(1, 2, 4, 8), k=torch.randn(1, 1, 4, 8), v=torch.randn(1, 1, 4, 8)
+    )
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    back_item, back_array = _roundtrip((item, array))  # type: ignore[misc]
+    assert torch.equal(back_item.k, item.k)
+    assert back_item.pattern is None
+    np.testing.assert_array_equal(back_array, array)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        QueueFullError("the queue holds 8 requests"),
+        DeadlineExceededError("deadline passed in the queue"),
+        BatcherClosedError("the runtime is shutting down"),
+        ValueError("input 0 has token ids outside [0, 10)"),
+        EngineUnavailableError("the engine is warming up"),
+        RateLimitedError("over the rate limit of 5 requests/s", retry_after=0.25),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_refusals_are_raised_again_as_the_same_error(error: Exception) -> None:
+    outcome = error_outcome(error)
+    assert outcome is not None
+    with pytest.raises(type(error), match=re.escape(str(error))):
+        raise_outcome(*_roundtrip(outcome))  # type: ignore[misc]
+    if isinstance(error, RateLimitedError):
+        with pytest.raises(RateLimitedError) as raised:
+            raise_outcome(*outcome)
+        assert raised.value.retry_after == 0.25
+
+
+def test_an_engine_failure_is_not_a_refusal() -> None:
+    assert error_outcome(RuntimeError("CUDA error: an illegal memory access")) is None
+    with pytest.raises(RuntimeError, match="the engine failed on this request: boom"):
+        raise_outcome("failed", "boom")
+
+
+class _Pair:
+    """An EngineServer serving a FakeEngine and an EngineClient connected to it."""
+
+    def __init__(self, server: EngineServer, client: EngineClient, engine: FakeEngine) -> None:
+        self.server = server
+        self.client = client
+        self.engine = engine
+
+
+def _config(**batching: int) -> RuntimeConfig:
+    return RuntimeConfig(
+        batching=BatchingConfig(**batching),
+        rate_limit=RateLimitConfig(requests_per_second=1000, burst=1000),
+    )
+
+
+async def _serve(tmp_path: Path, engine: FakeEngine, config: RuntimeConfig) -> AsyncIterator[_Pair]:
+    address = f"ipc://{tmp_path / 'engine.sock'}"
+    server = EngineServer(config, engine, address)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(server.serve(stop))
+    client = EngineClient(address)
+    await asyncio.wait_for(client.start(), 10)
+    try:
+        yield _Pair(server, client, engine)
+    finally:
+        await client.stop()
+        stop.set()
+        await serving
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[_Pair]:
+    async for served in _serve(tmp_path, FakeEngine(), _config()):
+        yield served
+
+
+def _deadline(seconds: float = 5.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def test_embeddings_and_attention_come_back_as_the_engine_made_them(pair: _Pair) -> None:
+    texts = pair.engine.encode(["hello world", "a b c"])
+    vectors = await pair.client.embed(texts, deadline=_deadline())
+    np.testing.assert_allclose(vectors, pair.engine.embed(texts))
+    item = AttentionInput(
+        q=torch.randn(1, 2, 16, 8).to(torch.bfloat16),
+        k=torch.randn(1, 2, 16, 8).to(torch.bfloat16),
+        v=torch.randn(1, 2, 16, 8).to(torch.bfloat16),
+    )
+    output = await pair.client.attend(item, deadline=_deadline())
+    assert torch.equal(output, pair.engine.attend([item])[0])
+    remote = RemoteEngine(pair.client, pair.engine)
+    assert remote.info == pair.engine.info
+    assert remote.encode(["hello world"]) == texts[:1]
+
+
+async def test_requests_of_both_sides_share_one_batch(pair: _Pair) -> None:
+    texts = pair.engine.encode([f"text {i}" for i in range(6)])
+    await asyncio.gather(*(pair.client.embed([t], deadline=_deadline()) for t in texts))
+    assert sum(size for kind, size in pair.engine.batches if kind == "embed") == 6
+    assert len(pair.engine.batches) < 6, "the engine process batched the requests together"
+
+
+async def test_input_the_engine_refuses_is_a_value_error(pair: _Pair) -> None:
+    (text,) = pair.engine.encode([f"please {REFUSED_WORD}"])
+    with pytest.raises(ValueError, match="the fake engine refuses"):
+        await pair.client.embed([text], deadline=_deadline())
+
+
+async def test_a_full_queue_and_the_rate_limit_hold_across_clients(tmp_path: Path) -> None:
+    gate = threading.Event()
+    config = _config(max_queue_depth=2, max_batch_size=1, window_microseconds=0).model_copy(
+        update={"rate_limit": RateLimitConfig(requests_per_second=1, burst=3)}
+    )
+    async for served in _serve(tmp_path, FakeEngine(gate=gate), config):
+        texts = [EncodedText((1, 5, 2))]
+        first = [
+            asyncio.create_task(served.client.embed(texts, deadline=_deadline())) for _ in range(2)
+        ]
+        await asyncio.sleep(0.2)
+        with pytest.raises(QueueFullError):
+            await served.client.embed(texts, deadline=_deadline())
+        with pytest.raises(RateLimitedError) as limited:
+            await served.client.embed(texts, deadline=_deadline())
+        assert limited.value.retry_after > 0
+        gate.set()
+        assert [len(v) for v in await asyncio.gather(*first)] == [1, 1]
+
+
+async def test_the_deadline_is_the_front_ends(tmp_path: Path) -> None:
+    gate = threading.Event()
+    async for served in _serve(tmp_path, FakeEngine(gate=gate), _config()):
+        try:
+            with pytest.raises(DeadlineExceededError):
+                await served.client.embed([EncodedText((1, 5, 2))], deadline=_deadline(0.1))
+        finally:
+            gate.set()
+
+
+async def test_work_before_the_engine_is_ready_is_refused(tmp_path: Path) -> None:
+    address = f"ipc://{tmp_path / 'engine.sock'}"
+    server = EngineServer(_config(), FakeEngine(), address)
+    client = EngineClient(address)
+    starting = asyncio.create_task(client.start())
+    receiving = asyncio.create_task(server._receive())
+    try:
+        await asyncio.sleep(0.5)
+        assert not starting.done(), "the client waits until the engine is warm"
+        with pytest.raises(EngineUnavailableError):
+            RemoteEngine(client, FakeEngine()).info  # noqa: B018
+    finally:
+        receiving.cancel()
+        starting.cancel()
+        await asyncio.gather(receiving, starting, return_exceptions=True)
+        await client.stop()
+        server.close()
+
+
+async def test_a_stopped_client_refuses_and_fails_what_waits(pair: _Pair) -> None:
+    await pair.client.stop()
+    with pytest.raises(BatcherClosedError):
+        await pair.client.embed([EncodedText((1, 2))], deadline=_deadline())
