@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ from sas_runtime.engine_server import EngineServer
 from tests.fake_engine import REFUSED_WORD, FakeEngine
 
 
-def _roundtrip(message: object) -> object:
+def _roundtrip(message: object) -> Any:
     return unpack([bytes(frame) for frame in pack(message)])
 
 
@@ -44,7 +45,7 @@ def test_tensors_cross_out_of_band_with_dtype_shape_and_values(dtype: torch.dtyp
     tensor = (torch.arange(2 * 3 * 5).reshape(2, 3, 5) - 7).to(dtype)
     frames = pack(("attend", tensor))
     assert len(frames) == 2, "the tensor's bytes travel as their own frame"
-    (name, back) = _roundtrip(("attend", tensor))  # type: ignore[misc]
+    (name, back) = _roundtrip(("attend", tensor))
     assert name == "attend"
     assert back.dtype == dtype
     assert back.shape == tensor.shape
@@ -69,7 +70,7 @@ def test_attention_inputs_and_arrays_cross() -> None:
         q=torch.randn(1, 2, 4, 8), k=torch.randn(1, 1, 4, 8), v=torch.randn(1, 1, 4, 8)
     )
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
-    back_item, back_array = _roundtrip((item, array))  # type: ignore[misc]
+    back_item, back_array = _roundtrip((item, array))
     assert torch.equal(back_item.k, item.k)
     assert back_item.pattern is None
     np.testing.assert_array_equal(back_array, array)
@@ -91,7 +92,7 @@ def test_refusals_are_raised_again_as_the_same_error(error: Exception) -> None:
     outcome = error_outcome(error)
     assert outcome is not None
     with pytest.raises(type(error), match=re.escape(str(error))):
-        raise_outcome(*_roundtrip(outcome))  # type: ignore[misc]
+        raise_outcome(*_roundtrip(outcome))
     if isinstance(error, RateLimitedError):
         with pytest.raises(RateLimitedError) as raised:
             raise_outcome(*outcome)
