@@ -1,20 +1,22 @@
 """GPU serving benchmark: our runtime (CUDA graphs on, off) versus a naive server, and attention
 requests on sparse versus dense, all through real HTTP on one GPU.
 
-Servers, each alone on the GPU: ours (backend auto, CUDA graphs on), ours with graphs off and the
-dense backend, and the naive server of `bench.serve_cpu` (FastAPI, sentence-transformers `encode`
-once per request, float32) on the GPU. Embeddings: short sentences and ~220-token passages at each
+Servers, each alone on the GPU: ours (backend auto, CUDA graphs on, `--frontends` HTTP front-end
+processes around one engine process), the same in one process (`ours-1-process`: HTTP, batching
+and the model share one Python process; short sentences and passages only), ours with graphs off
+and the dense backend, and the naive server of `bench.serve_cpu` (FastAPI, sentence-transformers
+`encode` once per request, float32) on the GPU. Embeddings: short sentences and ~220-token passages at each
 client count. Attention (ours only): 1x16x1024x64 and 1x16x4096x64 bfloat16 with a window pattern;
 the first server runs them on the sparse kernel (auto), the second on dense. The load generator is
 `bench.serve_cpu.collect` (closed loop, aiohttp, loopback) in several processes. GPU utilisation
 is sampled with nvidia-smi during each point. Prints the table and ratios, states the issue's
 targets beside the measured figures, writes a JSON result under bench/results/.
 
-    python -m bench.serve_gpu [--seconds 4] [--warmup 1.5] [--clients 1,16,64,256]
+    python -m bench.serve_gpu [--seconds 4] [--warmup 1.5] [--clients 1,16,64,256] [--frontends 6]
 
 On the device machine (no registry there) carry as wheels what its image lacks: pydantic (with
 pydantic-core, annotated-types, typing-inspection), fastapi (with starlette, annotated-doc,
-opentelemetry-api), uvicorn (h11, click, httptools), orjson, prometheus-client, nvtx, aiohttp
+opentelemetry-api), uvicorn (h11, click, httptools), orjson, pyzmq, prometheus-client, nvtx, aiohttp
 (aiosignal, aiohappyeyeballs, frozenlist, multidict, yarl, propcache, attrs), nvidia-cutlass for
 the kernel build; and the all-MiniLM-L6-v2 package. Link `runtime/` as `sas_runtime` on
 PYTHONPATH, build the kernel (`python -m sas_runtime.kernels.build --out DIR`,
@@ -196,7 +198,7 @@ def measure(url: str, server: str, workload: str, clients: int, args: argparse.N
     return point
 
 
-def runtime_config(*, backend: str, graphs: bool) -> dict[str, Any]:
+def runtime_config(*, backend: str, graphs: bool, frontends: int) -> dict[str, Any]:
     """Ours on the GPU: bfloat16, batches up to 64, limits far above the offered load."""
     return {
         "model": {"source": "builtin-minilm", "longInputs": "truncate"},
@@ -208,21 +210,30 @@ def runtime_config(*, backend: str, graphs: bool) -> dict[str, Any]:
             "maxTokens": 32768,
         },
         "rateLimit": {"requestsPerSecond": 1_000_000, "burst": 10_000_000},
-        "server": {"device": "cuda", "maxBodyBytes": 64 << 20, "maxInputs": 256},
+        "server": {
+            "device": "cuda",
+            "maxBodyBytes": 64 << 20,
+            "maxInputs": 256,
+            "frontends": frontends,
+        },
     }
 
 
 def run_ours(
-    name: str, config: dict[str, Any], workloads: list[str], args: argparse.Namespace
+    name: str,
+    config: dict[str, Any],
+    workloads: list[str],
+    args: argparse.Namespace,
+    clients: list[int] | None = None,
 ) -> tuple[list[Point], dict[str, Any]]:
     with tempfile.TemporaryDirectory() as workdir:
         ours = start_runtime_process(config, engine=REAL_ENGINE, workdir=Path(workdir))
         try:
             (card,) = httpx.get(f"{ours.url}/v1/models", timeout=10).json()["data"]
             points = [
-                measure(ours.url, name, workload, clients, args)
+                measure(ours.url, name, workload, count, args)
                 for workload in workloads
-                for clients in _clients_for(workload, args)
+                for count in clients or _clients_for(workload, args)
             ]
         finally:
             ours.stop()
@@ -258,7 +269,15 @@ def _clients_for(workload: str, args: argparse.Namespace) -> list[int]:
 def _versions() -> dict[str, Any]:
     import torch
 
-    names = ["torch", "fastapi", "uvicorn", "sentence-transformers", "transformers", "aiohttp"]
+    names = [
+        "torch",
+        "fastapi",
+        "uvicorn",
+        "pyzmq",
+        "sentence-transformers",
+        "transformers",
+        "aiohttp",
+    ]
     versions: dict[str, Any] = {name: importlib.metadata.version(name) for name in names}
     versions["cuda"] = torch.version.cuda
     try:
@@ -332,13 +351,19 @@ def targets(points: list[Point]) -> list[dict[str, Any]]:
 
 
 def ratios(points: list[Point]) -> dict[str, float]:
-    """ours / naive and graphs on / off throughput, sparse / dense attention throughput."""
+    """ours / naive, graphs on / off, front-ends / one process throughput; sparse / dense
+    attention throughput."""
     out: dict[str, float] = {}
+    others = (
+        ("naive", "ours/naive"),
+        ("ours-graphs-off", "graphs/eager"),
+        ("ours-1-process", "frontends/1-process"),
+    )
     for point in points:
         if point.server != "ours":
             continue
         key = f"{point.workload}@{point.clients}"
-        for other, label in (("naive", "ours/naive"), ("ours-graphs-off", "graphs/eager")):
+        for other, label in others:
             if point.workload.startswith("attention"):
                 label = "sparse/dense"
             match = _find(points, other, point.workload, point.clients)
@@ -353,26 +378,47 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--clients", default="1,16,64,256")
     parser.add_argument("--attention-clients", default="1,16")
-    parser.add_argument("--load-processes", type=int, default=4)
+    parser.add_argument("--load-processes", type=int, default=6)
+    parser.add_argument(
+        "--frontends", type=int, default=6, help="HTTP front-end processes of ours (default 6)"
+    )
+    parser.add_argument(
+        "--one-process-clients",
+        default="1,64",
+        help="client counts for ours in one process (default 1,64); empty: skip it",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     args.attention_clients = [int(c) for c in args.attention_clients.split(",")]
+    one_process_clients = [int(c) for c in args.one_process_clients.split(",") if c]
     machine = _machine()
     embeddings = ["short", "passage"]
     attention = list(ATTENTION_SHAPES)
     servers: dict[str, Any] = {}
     points = [] if args.skip_naive else run_naive(embeddings, args)
+    if one_process_clients:
+        more, servers["ours-1-process"] = run_ours(
+            "ours-1-process",
+            runtime_config(backend="auto", graphs=True, frontends=1),
+            embeddings,
+            args,
+            one_process_clients,
+        )
+        points += more
     more, servers["ours-graphs-off"] = run_ours(
         "ours-graphs-off",
-        runtime_config(backend="dense", graphs=False),
+        runtime_config(backend="dense", graphs=False, frontends=args.frontends),
         embeddings + attention,
         args,
     )
     points += more
     more, servers["ours"] = run_ours(
-        "ours", runtime_config(backend="auto", graphs=True), embeddings + attention, args
+        "ours",
+        runtime_config(backend="auto", graphs=True, frontends=args.frontends),
+        embeddings + attention,
+        args,
     )
     points += more
     ratio = ratios(points)
