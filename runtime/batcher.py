@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 from concurrent.futures import ThreadPoolExecutor
@@ -160,15 +161,30 @@ class Batcher:
 
     async def embed(self, texts: Sequence[EncodedText], *, deadline: float) -> np.ndarray:
         """Embeddings of `texts`, float32 [len(texts), dim], by `deadline` (the loop's clock)."""
-        jobs = []
-        for text in texts:
-            bucket = sequence_bucket(len(text.ids))
-            jobs.append(self._job("embed", text, ("embed", bucket), bucket))
-        rows = await self._submit(jobs, deadline)
+        rows = await self._wait(self.submit_embed(texts, deadline=deadline), deadline)
         return np.stack([np.asarray(row) for row in rows])
 
     async def attend(self, item: AttentionInput, *, deadline: float) -> torch.Tensor:
         """The attention output for `item` by `deadline` (the loop's clock)."""
+        (output,) = await self._wait(self.submit_attend(item, deadline=deadline), deadline)
+        return output  # type: ignore[return-value]
+
+    def submit_embed(
+        self, texts: Sequence[EncodedText], *, deadline: float
+    ) -> asyncio.Future[list[object]]:
+        """Queue `texts`; the future holds one embedding row per text. Raises the refusals at
+        once. Jobs still queued at `deadline` fail with DeadlineExceededError; cancelling the
+        future withdraws whatever has not run."""
+        jobs = []
+        for text in texts:
+            bucket = sequence_bucket(len(text.ids))
+            jobs.append(self._job("embed", text, ("embed", bucket), bucket))
+        return self._enqueue(jobs, deadline)
+
+    def submit_attend(
+        self, item: AttentionInput, *, deadline: float
+    ) -> asyncio.Future[list[object]]:
+        """Queue one attention problem; the future holds [output]. As `submit_embed`."""
         q, k = item.q, item.k
         group = (
             "attend",
@@ -179,8 +195,7 @@ class Batcher:
             item.document_ids is not None,
         )
         tokens = q.shape[0] * max(q.shape[2], k.shape[2])
-        (output,) = await self._submit([self._job("attend", item, group, tokens)], deadline)
-        return output  # type: ignore[return-value]
+        return self._enqueue([self._job("attend", item, group, tokens)], deadline)
 
     def _job(
         self, kind: _WorkKind, payload: EncodedText | AttentionInput, group: Hashable, tokens: int
@@ -188,7 +203,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         return _Job(kind, payload, group, tokens, 0.0, 0.0, loop.create_future())
 
-    async def _submit(self, jobs: list[_Job], deadline: float) -> list[object]:
+    def _enqueue(self, jobs: list[_Job], deadline: float) -> asyncio.Future[list[object]]:
         if self._closed:
             raise BatcherClosedError("the runtime is shutting down")
         if self._rate_limit is not None and (wait := self._rate_limit.try_acquire()) > 0:
@@ -202,29 +217,49 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._pending += 1
-        self._metrics.queue_depth.set(self._pending)
-        try:
-            for job in jobs:
-                job.enqueued = now
-                job.deadline = deadline
-                entry = (job.deadline, next(self._sequence), job)
-                heapq.heappush(self._groups.setdefault(job.group, []), entry)
-            self._queued += len(jobs)
-            self._arrived.set()
-            try:
-                return await asyncio.wait_for(
-                    asyncio.gather(*(job.future for job in jobs)), deadline - now
-                )
-            except TimeoutError:
-                raise DeadlineExceededError(
-                    f"no result within the request's deadline ({(deadline - now) * 1000:.0f} ms)"
-                ) from None
-        finally:
+        request: asyncio.Future[list[object]] = loop.create_future()
+        results: list[object] = [None] * len(jobs)
+        left = len(jobs)
+
+        def job_done(index: int, job: asyncio.Future[object]) -> None:
+            nonlocal left
+            if request.done() or job.cancelled():
+                return
+            if (error := job.exception()) is not None:
+                request.set_exception(error)
+                return
+            results[index] = job.result()
+            left -= 1
+            if not left:
+                request.set_result(results)
+
+        def request_done(_: asyncio.Future[list[object]]) -> None:
             for job in jobs:
                 job.future.cancel()
             self._pending -= 1
             self._metrics.queue_depth.set(self._pending)
+
+        self._pending += 1
+        self._metrics.queue_depth.set(self._pending)
+        for index, job in enumerate(jobs):
+            job.enqueued = now
+            job.deadline = deadline
+            job.future.add_done_callback(functools.partial(job_done, index))
+            entry = (job.deadline, next(self._sequence), job)
+            heapq.heappush(self._groups.setdefault(job.group, []), entry)
+        request.add_done_callback(request_done)
+        self._queued += len(jobs)
+        self._arrived.set()
+        return request
+
+    async def _wait(self, request: asyncio.Future[list[object]], deadline: float) -> list[object]:
+        seconds = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(request, seconds)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"no result within the request's deadline ({seconds * 1000:.0f} ms)"
+            ) from None
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

@@ -46,6 +46,8 @@ class EngineClient:
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: list[tuple[int, Op, object, float]] = []
+        self._sending: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.info: EngineInfo | None = None
 
@@ -98,35 +100,49 @@ class EngineClient:
 
     async def _call(self, op: Op, payload: object, *, seconds: float, grace: float = 0.0) -> Any:
         """Send one request; its reply's value, or its error raised, within `seconds` (the
-        engine's own limit for the work) plus `grace`."""
+        engine's own limit for the work) plus `grace`. Requests made in one turn of the event
+        loop leave as one message."""
         if self._socket is None:
             raise EngineUnavailableError("not connected to the engine process")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append((request_id, op, payload, max(seconds, 0.0)))
         try:
-            await self._socket.send_multipart(
-                pack((request_id, op, payload, max(seconds, 0.0))), copy=False
-            )
             return await asyncio.wait_for(future, seconds + grace)
         finally:
             self._waiting.pop(request_id, None)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if self._socket is None or self._closed:
+            return
+        sent = asyncio.ensure_future(self._socket.send_multipart(pack(outbox), copy=False))
+        self._sending.add(sent)
+        sent.add_done_callback(self._sent)
+
+    def _sent(self, sent: asyncio.Future[Any]) -> None:
+        self._sending.discard(sent)
+        if not sent.cancelled() and (error := sent.exception()) is not None:
+            logger.error("cannot send requests to the engine process: %s", error)
 
     async def _receive(self) -> None:
         assert self._socket is not None
         while True:
             frames = await self._socket.recv_multipart(copy=False)
-            request_id, outcome, value = unpack([frame.buffer for frame in frames])
-            future = self._waiting.get(request_id)
-            if future is None or future.done():
-                continue
-            if outcome == "ok":
-                future.set_result(value)
-            else:
-                try:
-                    raise_outcome(outcome, value)
-                except Exception as exc:
-                    future.set_exception(exc)
+            for request_id, outcome, value in unpack([frame.buffer for frame in frames]):
+                future = self._waiting.get(request_id)
+                if future is None or future.done():
+                    continue
+                if outcome == "ok":
+                    future.set_result(value)
+                else:
+                    try:
+                        raise_outcome(outcome, value)
+                    except Exception as exc:
+                        future.set_exception(exc)
 
     async def _refresh_info(self) -> None:
         """Keep `info` current: the guard may switch the engine to dense at any time, and

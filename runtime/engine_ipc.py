@@ -5,8 +5,8 @@ a 2 MB attention tensor crosses the socket without being copied into the pickle.
 processes of the same pod started by the same supervisor; the socket lives in a directory only
 the pod's user can open, so unpickling trusts the peer as it trusts its own code.
 
-A request is `(request_id, op, payload, timeout_seconds)`; a reply is `(request_id, outcome,
-value)`. Ops: `hello` (readiness and EngineInfo, or None while warming up), `info`, `embed`
+A message holds a list of requests `(request_id, op, payload, timeout_seconds)` or of replies
+`(request_id, outcome, value)`. Ops: `hello` (readiness and EngineInfo, or None while warming up), `info`, `embed`
 (a list of EncodedText), `attend` (one AttentionInput). Outcomes: `ok` or one of `ERRORS`.
 """
 

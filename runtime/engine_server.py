@@ -10,11 +10,13 @@ the supervisor once every front-end has drained) it stops the batcher and exits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
@@ -33,7 +35,13 @@ _PARENT_CHECK_SECONDS = 1.0
 
 
 class EngineServer:
-    """Answers front-end requests on a ROUTER socket bound at `address`."""
+    """Answers front-end requests on a ROUTER socket bound at `address`.
+
+    Requests arrive in lists (a front-end sends what its event loop gathered in one turn) and
+    go straight into the batcher; replies to one front-end that are ready in the same turn
+    leave as one message, so a batch of 64 costs a few messages, not 128. The engine counts
+    as ready for the front-ends only once all `server.frontends` of them have said hello, so
+    no front-end reports ready while another is not yet listening."""
 
     def __init__(
         self,
@@ -45,6 +53,7 @@ class EngineServer:
     ) -> None:
         self._engine = engine
         self._metrics = metrics or RuntimeMetrics()
+        self._frontends = config.server.frontends
         bucket = TokenBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
         self.batcher = Batcher(engine, config.batching, self._metrics, rate_limit=bucket)
         self._context = zmq.asyncio.Context()
@@ -52,7 +61,9 @@ class EngineServer:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(address)
         self.ready = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._greeted: set[bytes] = set()
+        self._outbox: dict[bytes, list[tuple[int, str, object]]] = {}
+        self._sending: set[asyncio.Future[Any]] = set()
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Warm up, then answer requests until `stop` is set; then fail what is still queued
@@ -68,8 +79,9 @@ class EngineServer:
             self.ready = False
             self._metrics.ready.set(0)
             await self.batcher.stop()
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=1)
+            await asyncio.sleep(0)
+            if self._sending:
+                await asyncio.wait(self._sending, timeout=1)
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             self.close()
@@ -83,42 +95,75 @@ class EngineServer:
         while True:
             frames = await self._socket.recv_multipart(copy=False)
             identity = frames[0].bytes
-            request_id, op, payload, seconds = unpack([f.buffer for f in frames[1:]])
-            if op in ("hello", "info"):
-                info = self._engine.info if self.ready else None
-                await self._reply(identity, request_id, "ok", info)
-            elif not self.ready:
-                await self._reply(identity, request_id, "unavailable", "the engine is warming up")
-            else:
-                task = asyncio.create_task(self._run(identity, request_id, op, payload, seconds))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            for request in unpack([frame.buffer for frame in frames[1:]]):
+                self._dispatch(identity, *request)
 
-    async def _run(
+    def _dispatch(
         self, identity: bytes, request_id: int, op: str, payload: Any, seconds: float
     ) -> None:
+        if op in ("hello", "info"):
+            if op == "hello":
+                self._greeted.add(identity)
+            everyone = len(self._greeted) >= self._frontends or op == "info"
+            info = self._engine.info if self.ready and everyone else None
+            self._reply(identity, request_id, "ok", info)
+            return
+        if not self.ready:
+            self._reply(identity, request_id, "unavailable", "the engine is warming up")
+            return
         deadline = asyncio.get_running_loop().time() + seconds
         try:
             if op == "embed":
                 texts = [text for text in payload if isinstance(text, EncodedText)]
-                result: object = await self.batcher.embed(texts, deadline=deadline)
+                future = self.batcher.submit_embed(texts, deadline=deadline)
             elif op == "attend" and isinstance(payload, AttentionInput):
-                result = await self.batcher.attend(payload, deadline=deadline)
+                future = self.batcher.submit_attend(payload, deadline=deadline)
             else:
                 raise ValueError(f"unknown engine request {op!r}")
         except Exception as exc:
-            outcome = error_outcome(exc)
-            if outcome is None:
-                logger.exception("engine failure on a %s request", op, exc_info=exc)
-                outcome = ("failed", f"{type(exc).__name__}: {exc}")
-            await self._reply(identity, request_id, *outcome)
+            self._reply_error(identity, request_id, op, exc)
             return
-        await self._reply(identity, request_id, "ok", result)
+        future.add_done_callback(functools.partial(self._done, identity, request_id, op))
 
-    async def _reply(self, identity: bytes, request_id: int, outcome: str, value: object) -> None:
-        await self._socket.send_multipart(
-            [identity, *pack((request_id, outcome, value))], copy=False
-        )
+    def _done(
+        self, identity: bytes, request_id: int, op: str, future: asyncio.Future[list[object]]
+    ) -> None:
+        if future.cancelled():
+            self._reply(identity, request_id, "closed", "the runtime is shutting down")
+        elif (error := future.exception()) is not None:
+            self._reply_error(identity, request_id, op, error)
+        elif op == "embed":
+            rows = future.result()
+            self._reply(identity, request_id, "ok", np.stack([np.asarray(r) for r in rows]))
+        else:
+            self._reply(identity, request_id, "ok", future.result()[0])
+
+    def _reply_error(self, identity: bytes, request_id: int, op: str, error: BaseException) -> None:
+        outcome = error_outcome(error) if isinstance(error, Exception) else None
+        if outcome is None:
+            logger.error("engine failure on a %s request", op, exc_info=error)
+            outcome = ("failed", f"{type(error).__name__}: {error}")
+        self._reply(identity, request_id, *outcome)
+
+    def _reply(self, identity: bytes, request_id: int, outcome: str, value: object) -> None:
+        """Queue a reply; the replies queued in this turn of the loop leave together."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.setdefault(identity, []).append((request_id, outcome, value))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for identity, replies in outbox.items():
+            sent = asyncio.ensure_future(
+                self._socket.send_multipart([identity, *pack(replies)], copy=False)
+            )
+            self._sending.add(sent)
+            sent.add_done_callback(self._sent)
+
+    def _sent(self, sent: asyncio.Future[Any]) -> None:
+        self._sending.discard(sent)
+        if not sent.cancelled() and (error := sent.exception()) is not None:
+            logger.error("cannot send replies to a front-end: %s", error)
 
 
 async def exit_with_parent(stop: asyncio.Event) -> None:
