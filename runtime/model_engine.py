@@ -35,6 +35,7 @@ from sas_runtime.config import (
     AttentionBackendName,
     AttentionDType,
     DeviceName,
+    PatternConfig,
     PatternType,
     RuntimeConfig,
 )
@@ -55,7 +56,7 @@ from sas_runtime.sparse_guard import (
     SparseGuard,
     SparseLaunchError,
 )
-from sas_runtime.tensor_codec import FLOAT_DTYPES
+from sas_runtime.tensor_codec import FLOAT_DTYPES, all_finite
 
 __all__ = [
     "ATTENTION_DTYPES",
@@ -76,6 +77,8 @@ _TORCH_DTYPES = {
     AttentionDType.FLOAT16: torch.float16,
     AttentionDType.FLOAT32: torch.float32,
 }
+_BLOCK_MASK_CACHE_SIZE = 32
+"""Shape-only block masks kept for /v1/attention requests (oldest dropped first)."""
 _WARMUP_TEXTS = ("warm-up", "a somewhat longer warm-up sentence for the encoder")
 _NVTX_DOMAIN = "sas"
 
@@ -139,6 +142,7 @@ class ModelEngine:
         self._model_backend = self._guarded(self._selection.backend)
         self._graphs: GraphedForward | None = None
         self._request_backends: dict[AttentionSpec, AttentionBackend] = {}
+        self._block_masks: dict[tuple[PatternConfig, int, int, int], BlockMask] = {}
         self._sparse_batch_counted = False
         self._text_encoder = ModelTextEncoder(self._files, self._max_length)
         self._model = SentenceEncoder(
@@ -311,19 +315,42 @@ class ModelEngine:
                 item.document_ids.to(self._device) if item.document_ids is not None else None
             )
         with torch.inference_mode():
-            block_mask = compile_block_mask(
-                pattern,
-                batch=batch,
-                q_len=q_len,
-                kv_len=k.shape[2],
-                document_ids=document_ids,
-                q=q,
-                k=k,
-                device=self._device,
-            )
+            block_mask = self._request_block_mask(pattern, q, k, document_ids)
             out = self._attention_forward(backend, q, k, v, block_mask)
         with nvtx.annotate("sas.attend.d2h", domain=_NVTX_DOMAIN):
             return out.to(device="cpu", dtype=item.q.dtype)
+
+    def _request_block_mask(
+        self,
+        pattern: PatternConfig,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        document_ids: torch.Tensor | None,
+    ) -> BlockMask:
+        """The block mask of one request; masks that depend on the shape alone (not on
+        document ids or scores) are kept for the next request of that shape."""
+        batch, _, q_len, _ = q.shape
+        key = None
+        if document_ids is None and not pattern_needs_scores(pattern):
+            key = (pattern, batch, q_len, k.shape[2])
+            cached = self._block_masks.get(key)
+            if cached is not None:
+                return cached
+        block_mask = compile_block_mask(
+            pattern,
+            batch=batch,
+            q_len=q_len,
+            kv_len=k.shape[2],
+            document_ids=document_ids,
+            q=q,
+            k=k,
+            device=self._device,
+        )
+        if key is not None:
+            if len(self._block_masks) >= _BLOCK_MASK_CACHE_SIZE:
+                del self._block_masks[next(iter(self._block_masks))]
+            self._block_masks[key] = block_mask
+        return block_mask
 
     def _attention_forward(
         self,
@@ -451,7 +478,7 @@ def check_attention_input(item: AttentionInput) -> None:
             f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
         )
     for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise ValueError(f"{name} contains NaN or infinite values")
 
 

@@ -8,6 +8,7 @@ import binascii
 import math
 import struct
 
+import numpy as np
 import orjson
 import safetensors.torch
 import torch
@@ -19,6 +20,7 @@ from sas_runtime.config import PatternConfig, PatternType
 __all__ = [
     "FLOAT_DTYPES",
     "TensorError",
+    "all_finite",
     "check_attention_tensors",
     "decode_payload",
     "decode_safetensors",
@@ -128,6 +130,24 @@ def encode_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str
     )
 
 
+_EXPONENT_BITS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
+"""Exponent field of the 16-bit float types: all ones means infinity or NaN."""
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` holds no NaN or infinity. On the CPU this reads the bits through numpy:
+    torch's isfinite is slow there for bfloat16 and for tensors whose buffer is not aligned,
+    as those decoded from a request body are (35 ms for 1M bfloat16 values, against 0.1 ms)."""
+    if tensor.device.type != "cpu":
+        return bool(torch.isfinite(tensor).all())
+    flat = tensor.detach().contiguous().reshape(-1)
+    exponent = _EXPONENT_BITS.get(flat.dtype)
+    if exponent is None:
+        return bool(np.isfinite(flat.numpy()).all()) if flat.is_floating_point() else True
+    bits = flat.view(torch.int16).numpy() & np.int16(exponent)
+    return not bool((bits == np.int16(exponent)).any())
+
+
 def check_attention_tensors(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -175,7 +195,7 @@ def check_attention_tensors(
             param="k",
         )
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise TensorError(f"{name} holds NaN or infinite values", param=name)
     if pattern.type is PatternType.DOCUMENT:
         if document_ids is None:

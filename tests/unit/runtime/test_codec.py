@@ -11,6 +11,7 @@ from sas_runtime.api import TensorPayload
 from sas_runtime.config import PatternConfig, PatternType
 from sas_runtime.tensor_codec import (
     TensorError,
+    all_finite,
     check_attention_tensors,
     decode_payload,
     decode_safetensors,
@@ -170,3 +171,28 @@ def test_document_pattern_needs_matching_document_ids() -> None:
         check_attention_tensors(
             q, k, v, torch.zeros(1, 8, dtype=torch.int32), pattern=DENSE, max_elements=10_000
         )
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32], ids=lambda d: str(d)[6:]
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_all_finite_finds_one_bad_value_in_any_layout(dtype: torch.dtype, bad: float) -> None:
+    tensor = torch.randn(2, 3, 64, 16).to(dtype) * 1000
+    assert all_finite(tensor)
+    assert all_finite(tensor.transpose(1, 2))
+    tensor[1, 2, 33, 7] = bad
+    assert not all_finite(tensor)
+    assert not all_finite(tensor.transpose(1, 2))
+    # a buffer at an odd offset, as tensors decoded from a request body are
+    raw = bytearray(1) + tensor.contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()
+    unaligned = torch.frombuffer(raw, dtype=torch.uint8, offset=1).view(dtype)
+    assert not all_finite(unaligned)
+
+
+def test_all_finite_passes_the_largest_values_and_integers() -> None:
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert all_finite(
+            torch.tensor([torch.finfo(dtype).max, torch.finfo(dtype).min], dtype=dtype)
+        )
+    assert all_finite(torch.arange(10, dtype=torch.int32))

@@ -172,6 +172,31 @@ def test_attend_applies_the_request_pattern_and_documents(engine: ModelEngine) -
     )
 
 
+def test_attend_reuses_shape_only_masks_and_never_mixes_them_up(engine: ModelEngine) -> None:
+    """Requests of one shape and pattern share a compiled mask; another pattern, length or
+    set of document ids gets its own (and answers as if compiled afresh)."""
+    window = PatternConfig(type=PatternType.WINDOW, window=20, block_size=64)
+    causal = PatternConfig(type=PatternType.CAUSAL, block_size=64)
+    documents = PatternConfig(type=PatternType.DOCUMENT, block_size=64)
+    cases: list[tuple[AttentionInput, torch.Tensor | None]] = []
+    for length, pattern in [(101, window), (101, causal), (101, window), (71, window)] * 2:
+        q, k, v = qkv((1, 2, length, 8), kv_heads=1)
+        cases.append((AttentionInput(q=q, k=k, v=v, pattern=pattern), None))
+    for split in (10, 60):
+        q, k, v = qkv((1, 2, 100, 8), kv_heads=1)
+        ids = (torch.arange(100) >= split).to(torch.int32).view(1, 100)
+        item = AttentionInput(q=q, k=k, v=v, pattern=documents, document_ids=ids)
+        cases.append((item, ids))
+    cached_before = set(engine._block_masks)
+    outputs = [engine.attend([item])[0] for item, _ in cases]
+    for (item, document_ids), out in zip(cases, outputs, strict=True):
+        assert item.pattern is not None
+        expected = reference_attention(item.q, item.k, item.v, item.pattern, document_ids)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    added = set(engine._block_masks) - cached_before
+    assert len(added) == 3, "window@101, causal@101, window@71; documents: none"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_attend_answers_in_the_request_dtype(engine: ModelEngine, dtype: torch.dtype) -> None:
     q, k, v = qkv((1, 2, 40, 32), kv_heads=2, dtype=dtype)
