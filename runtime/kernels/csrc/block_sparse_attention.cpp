@@ -121,8 +121,16 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
   TORCH_CHECK(global_tokens >= 0, "global_tokens must be >= 0");
 
   const c10::cuda::CUDAGuard device_guard(q.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor out = at::empty({batch, heads, q_len, head_dim}, q.options());
   at::Tensor lse = at::empty({batch, heads, q_len}, q.options().dtype(at::kFloat));
+  // The kernel's tile counter starts at zero on every launch; the allocator reuses the buffer
+  // only after this stream's kernel has run.
+  at::Tensor tile_counter = at::empty({1}, q.options().dtype(at::kInt));
+  const cudaError_t status =
+      cudaMemsetAsync(tile_counter.data_ptr<int32_t>(), 0, sizeof(int32_t), stream);
+  TORCH_CHECK(status == cudaSuccess, "tile counter reset: ", cudaGetErrorString(status));
+  p.tile_counter = tile_counter.data_ptr<int32_t>();
 
   p.q = q.data_ptr();
   p.k = k.data_ptr();
@@ -155,7 +163,6 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
 
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (q.scalar_type()) {
 #ifndef SAS_DISABLE_BF16
     case at::kBFloat16:

@@ -1,8 +1,8 @@
 // The block-sparse attention forward kernel for sm_90a and its launcher: a persistent grid (one
-// CTA per SM walking (query block, head, batch) tiles), warp-specialised: a producer warpgroup
-// fetches Q (double-buffered) and the listed K/V blocks by index with TMA into a
-// `kStages`-deep ring, two consumer warpgroups of 64 query rows each run the WGMMAs and the
-// softmax, and mbarriers hand buffers back and forth.
+// CTA per SM taking (query block, head, batch) tiles from a shared counter), warp-specialised: a
+// producer warpgroup posts each tile to the consumers and fetches Q (double-buffered) and the
+// listed K/V blocks by index with TMA into a `kStages`-deep ring, two consumer warpgroups of 64
+// query rows each run the WGMMAs and the softmax, and mbarriers hand buffers back and forth.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -63,10 +63,14 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
   // One thread per warpgroup signals a release: a warpgroup's WGMMAs complete together.
   const bool is_signaller = thread % 128 == 0;
 
+  RingPosition<Traits::kTileSlots> tile_ring;
+
   CUTE_NO_UNROLL
-  for (int t = blockIdx.x; t < scheduler.num_tiles(); t += gridDim.x) {
-    const Tile tile = scheduler.tile(t);
-    const BlockList blocks = make_block_list(p, tile);
+  for (PostedTile posted = take_posted_tile(smem, tile_ring, thread);
+       posted.index < scheduler.num_tiles(); posted = take_posted_tile(smem, tile_ring, thread)) {
+    const Tile tile = scheduler.tile(posted.index);
+    const BlockList blocks =
+        block_list_with_counts(p, tile, posted.full_count, posted.total - posted.full_count);
     const ElementRules rules{
         p.causal, p.window, p.global_tokens,
         p.document_ids == nullptr ? nullptr
@@ -186,6 +190,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       TransactionBarrier::init(&smem.full_v[s], 1);
       ReleaseBarrier::init(&smem.empty_k[s], Traits::kWarpgroups);
       ReleaseBarrier::init(&smem.empty_v[s], Traits::kWarpgroups);
+    }
+    CUTE_UNROLL
+    for (int s = 0; s < Traits::kTileSlots; ++s) {
+      ReleaseBarrier::init(&smem.full_tile[s], 1);
+      ReleaseBarrier::init(&smem.empty_tile[s], Traits::kConsumerThreads / 32);
     }
     cutlass::arch::fence_barrier_init();
   }

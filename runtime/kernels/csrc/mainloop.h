@@ -26,15 +26,11 @@ struct BlockList {
   CUTE_DEVICE bool is_partial(int j) const { return j >= full_count; }
 };
 
-// The block list of one tile; counts are clamped to the index slots, so a bad count cannot
-// read past a row.
-CUTE_DEVICE BlockList make_block_list(BlockSparseFwdParams const& p, Tile const& tile) {
+// The block list of one tile with the given counts, clamped to the index slots so that a bad
+// count cannot read past a row.
+CUTE_DEVICE BlockList block_list_with_counts(BlockSparseFwdParams const& p, Tile const& tile,
+                                             int full_count, int partial_count) {
   const int64_t b = tile.batch, h = tile.head, m = tile.m_block;
-  const int full_count = p.full_kv_num_blocks[b * p.full_num_batch_stride +
-                                              h * p.full_num_head_stride +
-                                              m * p.full_num_row_stride];
-  const int partial_count =
-      p.kv_num_blocks[b * p.num_batch_stride + h * p.num_head_stride + m * p.num_row_stride];
   BlockList blocks;
   blocks.full = p.full_kv_indices + b * p.full_idx_batch_stride + h * p.full_idx_head_stride +
                 m * p.full_idx_row_stride;
@@ -43,6 +39,17 @@ CUTE_DEVICE BlockList make_block_list(BlockSparseFwdParams const& p, Tile const&
   blocks.full_count = max(0, min(full_count, p.full_slots));
   blocks.total = blocks.full_count + max(0, min(partial_count, p.partial_slots));
   return blocks;
+}
+
+// The block list of one tile, counts read from the mask.
+CUTE_DEVICE BlockList make_block_list(BlockSparseFwdParams const& p, Tile const& tile) {
+  const int64_t b = tile.batch, h = tile.head, m = tile.m_block;
+  const int full_count = p.full_kv_num_blocks[b * p.full_num_batch_stride +
+                                              h * p.full_num_head_stride +
+                                              m * p.full_num_row_stride];
+  const int partial_count =
+      p.kv_num_blocks[b * p.num_batch_stride + h * p.num_head_stride + m * p.num_row_stride];
+  return block_list_with_counts(p, tile, full_count, partial_count);
 }
 
 // A position in a ring of `kStages` buffers: which buffer, and the parity of its barrier phase.
@@ -63,9 +70,47 @@ CUTE_DEVICE void release(uint64_t* barrier, bool is_signaller) {
   }
 }
 
-// The producer: one thread of the producer warpgroup issues every TMA copy of the CTA, for
-// each of its tiles Q, then each listed K/V block into the ring, waiting for the consumers to
-// free a buffer first. It runs ahead across tile boundaries.
+// Keeps the compiler from moving shared-memory accesses across an mbarrier wait or arrive (the
+// barrier instructions order them in hardware: arrive releases, wait acquires).
+CUTE_DEVICE void compiler_fence() { asm volatile("" ::: "memory"); }
+
+// The producer's side of the tile slots: waits for the slot to be free, writes the tile, and
+// signals it.
+template <class SharedStorage, int kSlots>
+CUTE_DEVICE void post_tile(SharedStorage& smem, RingPosition<kSlots>& ring,
+                           PostedTile const& posted) {
+  const int slot = ring.stage();
+  if (ring.round() > 0) {
+    ReleaseBarrier::wait(&smem.empty_tile[slot], (ring.round() - 1) & 1);
+  }
+  compiler_fence();
+  smem.tiles[slot] = posted;
+  compiler_fence();
+  ReleaseBarrier::arrive(&smem.full_tile[slot]);
+  ++ring.count;
+}
+
+// The consumers' side: every thread reads the posted tile, then each warp frees the slot.
+template <class SharedStorage, int kSlots>
+CUTE_DEVICE PostedTile take_posted_tile(SharedStorage& smem, RingPosition<kSlots>& ring,
+                                        int thread) {
+  const int slot = ring.stage();
+  ReleaseBarrier::wait(&smem.full_tile[slot], ring.phase());
+  compiler_fence();
+  const PostedTile posted = smem.tiles[slot];
+  compiler_fence();
+  __syncwarp();
+  if (thread % 32 == 0) {
+    ReleaseBarrier::arrive(&smem.empty_tile[slot]);
+  }
+  ++ring.count;
+  return posted;
+}
+
+// The producer: one thread of the producer warpgroup takes the CTA's tiles from the schedule,
+// posts each to the consumers, and issues every TMA copy of the CTA: for each tile Q, then
+// each listed K/V block into the ring, waiting for the consumers to free a buffer first. It
+// runs ahead across tile boundaries.
 template <class Traits>
 struct Producer {
   using SharedStorage = typename Traits::SharedStorage;
@@ -84,10 +129,14 @@ struct Producer {
     Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutKV{});
     RingPosition<Traits::kQStages> q_ring;
     RingPosition<Traits::kStages> kv_ring;
+    RingPosition<Traits::kTileSlots> tile_ring;
 
-    for (int t = blockIdx.x; t < scheduler.num_tiles(); t += gridDim.x) {
+    // The first tile is the CTA's own; each next one is taken once this one's copies are issued.
+    int t = blockIdx.x;
+    for (; t < scheduler.num_tiles(); t = gridDim.x + atomicAdd(p.tile_counter, 1)) {
       const Tile tile = scheduler.tile(t);
       const BlockList blocks = make_block_list(p, tile);
+      post_tile(smem, tile_ring, PostedTile{t, blocks.full_count, blocks.total});
       if (blocks.total == 0) {
         continue;
       }
@@ -131,6 +180,7 @@ struct Producer {
         copy(args.tma_v.with(smem.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
       }
     }
+    post_tile(smem, tile_ring, PostedTile{t, 0, 0});  // past the last tile: the consumers stop
   }
 };
 

@@ -43,6 +43,8 @@ struct BlockSparseFwdParams {
   int64_t document_batch_stride;
   const int32_t* kv_lengths;  // [batch] valid keys per sequence (keys past it are hidden), or nullptr
 
+  int* tile_counter;  // one int, zero at launch: tiles taken past each CTA's first
+
   float scale_log2;  // softmax scale * log2(e)
   float scale;       // softmax scale
 };

@@ -1,5 +1,7 @@
-// Persistent tile schedule: the grid holds one CTA per SM and CTA i takes tiles i, i + grid,
-// i + 2 grid, ... A tile is one (query block, head, batch). Query blocks vary fastest, so the
+// Persistent tile schedule: the grid holds one CTA per SM; CTA i starts with tile i and then
+// takes the next untaken tile from a global counter whenever its producer is ready for one, so
+// a CTA whose tiles visit few blocks takes more tiles (random masks give tiles unequal work).
+// A tile is one (query block, head, batch). Query blocks vary fastest, so the
 // tiles in flight at once read the K/V of one or two heads, which then stay in L2 (heads
 // fastest put every head's K/V in flight together and ran 27% slower at S 16K); they go in
 // descending order, the longest causal rows first.
@@ -13,6 +15,14 @@ struct Tile {
   int m_block;
   int head;
   int batch;
+};
+
+// A tile as the producer hands it to the consumers through shared memory: its index in the
+// schedule (>= num_tiles: no more work) and its block counts.
+struct PostedTile {
+  int index;
+  int full_count;
+  int total;
 };
 
 struct TileScheduler {

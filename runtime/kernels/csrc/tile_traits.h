@@ -8,6 +8,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "params.h"
+#include "tile_scheduler.h"
 
 namespace sas {
 
@@ -54,6 +55,7 @@ struct TileTraits {
       WarpgroupLayout{}));
 
   static constexpr int kQStages = 2;  // the next tile's Q loads while this tile finishes
+  static constexpr int kTileSlots = 2;  // tiles posted by the producer, not yet read by all
   // Head dims of 64 and 128 16-bit elements fill whole 128-byte swizzle rows.
   using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
                                              Shape<Int<kBlockM>, Int<kHeadDim>, Int<kQStages>>{}));
@@ -76,6 +78,9 @@ struct TileTraits {
     uint64_t full_v[kStages];
     uint64_t empty_k[kStages];  // both consumer warpgroups are done reading the stage
     uint64_t empty_v[kStages];
+    uint64_t full_tile[kTileSlots];   // the producer posted a tile in the slot
+    uint64_t empty_tile[kTileSlots];  // every consumer warp has read the slot
+    PostedTile tiles[kTileSlots];
   };
 
   static constexpr int kQBytes = kBlockM * kHeadDim * int(sizeof(Element));
