@@ -16,7 +16,7 @@ targets beside the measured figures, writes a JSON result under bench/results/.
 
 On the device machine (no registry there) carry as wheels what its image lacks: pydantic (with
 pydantic-core, annotated-types, typing-inspection), fastapi (with starlette, annotated-doc,
-opentelemetry-api), uvicorn (h11, click, httptools), orjson, pyzmq, prometheus-client, nvtx, aiohttp
+opentelemetry-api), uvicorn (h11, click, httptools), orjson, prometheus-client, nvtx, aiohttp
 (aiosignal, aiohappyeyeballs, frozenlist, multidict, yarl, propcache, attrs), nvidia-cutlass for
 the kernel build; and the all-MiniLM-L6-v2 package. Link `runtime/` as `sas_runtime` on
 PYTHONPATH, build the kernel (`python -m sas_runtime.kernels.build --out DIR`,
@@ -273,7 +273,6 @@ def _versions() -> dict[str, Any]:
         "torch",
         "fastapi",
         "uvicorn",
-        "pyzmq",
         "sentence-transformers",
         "transformers",
         "aiohttp",

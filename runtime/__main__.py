@@ -144,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
             help=f"engine factory as module:function taking the config (default {DEFAULT_ENGINE})",
         )
     for command in (engine, frontend):
-        command.add_argument("--address", required=True, help="the engine socket (ZeroMQ URL)")
+        command.add_argument(
+            "--address", required=True, help="the engine socket (a Unix socket path)"
+        )
     return parser
 
 

@@ -1,8 +1,8 @@
 """The front-end side of a multi-process runtime: the batcher interface over the engine socket.
 
 Each HTTP front-end process parses, validates and tokenizes requests itself and sends the work
-to the engine process (`sas_runtime.engine_server`) on one DEALER socket; replies are matched
-to waiting requests by id. `EngineClient` stands in for the batcher (`WorkQueue`) and
+to the engine process (`sas_runtime.engine_server`) over one Unix socket connection; replies
+are matched to waiting requests by id. `EngineClient` stands in for the batcher (`WorkQueue`) and
 `RemoteEngine` for the engine the app reads (its info, refreshed every second, and the
 tokenizer, which runs here).
 """
@@ -18,12 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import zmq
-import zmq.asyncio
 
 from sas_runtime.batcher import BatcherClosedError, DeadlineExceededError
 from sas_runtime.engine import AttentionInput, EncodedText, EngineInfo, TextEncoder
-from sas_runtime.engine_ipc import EngineUnavailableError, Op, pack, raise_outcome, unpack
+from sas_runtime.engine_ipc import (
+    EngineUnavailableError,
+    Op,
+    raise_outcome,
+    read_message,
+    write_message,
+)
 
 __all__ = ["EngineClient", "RemoteEngine"]
 
@@ -41,22 +45,23 @@ class EngineClient:
 
     def __init__(self, address: str) -> None:
         self._address = address
-        self._context = zmq.asyncio.Context()
-        self._socket: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox: list[tuple[int, Op, object, float]] = []
-        self._sending: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.info: EngineInfo | None = None
 
     async def start(self) -> None:
-        """Connect, then wait (however long the engine's warm-up takes) until it is ready."""
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self._address)
-        self._socket = socket
+        """Connect (the engine process may not listen yet), then wait, however long the
+        engine's warm-up takes, until it is ready."""
+        while self._writer is None:
+            try:
+                self._reader, self._writer = await asyncio.open_unix_connection(self._address)
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(_HELLO_SECONDS)
         self._tasks.append(asyncio.create_task(self._receive(), name="sas-frontend-receive"))
         while self.info is None:
             with contextlib.suppress(TimeoutError):
@@ -69,13 +74,15 @@ class EngineClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_waiting(BatcherClosedError("the runtime is shutting down"))
+        if self._writer is not None:
+            self._writer.close()
+
+    def _fail_waiting(self, error: Exception) -> None:
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(BatcherClosedError("the runtime is shutting down"))
+                future.set_exception(error)
         self._waiting.clear()
-        if self._socket is not None:
-            self._socket.close()
-        self._context.term()
 
     async def embed(self, texts: Sequence[EncodedText], *, deadline: float) -> np.ndarray:
         """Embeddings of `texts` from the engine process, by `deadline` (this loop's clock)."""
@@ -102,7 +109,7 @@ class EngineClient:
         """Send one request; its reply's value, or its error raised, within `seconds` (the
         engine's own limit for the work) plus `grace`. Requests made in one turn of the event
         loop leave as one message."""
-        if self._socket is None:
+        if self._writer is None:
             raise EngineUnavailableError("not connected to the engine process")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -117,32 +124,28 @@ class EngineClient:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        if self._socket is None or self._closed:
-            return
-        sent = asyncio.ensure_future(self._socket.send_multipart(pack(outbox), copy=False))
-        self._sending.add(sent)
-        sent.add_done_callback(self._sent)
-
-    def _sent(self, sent: asyncio.Future[Any]) -> None:
-        self._sending.discard(sent)
-        if not sent.cancelled() and (error := sent.exception()) is not None:
-            logger.error("cannot send requests to the engine process: %s", error)
+        if self._writer is not None and not self._writer.is_closing():
+            write_message(self._writer, outbox)
 
     async def _receive(self) -> None:
-        assert self._socket is not None
-        while True:
-            frames = await self._socket.recv_multipart(copy=False)
-            for request_id, outcome, value in unpack([frame.buffer for frame in frames]):
-                future = self._waiting.get(request_id)
-                if future is None or future.done():
-                    continue
-                if outcome == "ok":
-                    future.set_result(value)
-                else:
-                    try:
-                        raise_outcome(outcome, value)
-                    except Exception as exc:
-                        future.set_exception(exc)
+        assert self._reader is not None
+        try:
+            while True:
+                for request_id, outcome, value in await read_message(self._reader):
+                    future = self._waiting.get(request_id)
+                    if future is None or future.done():
+                        continue
+                    if outcome == "ok":
+                        future.set_result(value)
+                    else:
+                        try:
+                            raise_outcome(outcome, value)
+                        except Exception as exc:
+                            future.set_exception(exc)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not self._closed:
+                logger.error("the engine process closed its connection")
+            self._fail_waiting(EngineUnavailableError("the engine process is gone"))
 
     async def _refresh_info(self) -> None:
         """Keep `info` current: the guard may switch the engine to dense at any time, and

@@ -1,9 +1,12 @@
 """The wire between HTTP front-end processes and the engine process of one pod.
 
-Messages are pickled (protocol 5) with tensor and array bytes carried as out-of-band frames, so
-a 2 MB attention tensor crosses the socket without being copied into the pickle. Both ends are
-processes of the same pod started by the same supervisor; the socket lives in a directory only
-the pod's user can open, so unpickling trusts the peer as it trusts its own code.
+A Unix stream socket per front-end; on it, messages are pickled (protocol 5) with tensor and
+array bytes carried as out-of-band frames, so a 2 MB attention tensor crosses without being
+copied into the pickle. A message on the socket is its frame count (u32), each frame's length
+(u64), then the frames. Both ends are processes of the same pod started by the same supervisor;
+the socket lives in a directory only the pod's user can open, so unpickling trusts the peer as
+it trusts its own code. (ZeroMQ was measured first: a round trip cost 144 us of CPU against
+15 us on a plain socket with uvloop.)
 
 A message holds a list of requests `(request_id, op, payload, timeout_seconds)` or of replies
 `(request_id, outcome, value)`. Ops: `hello` (readiness and EngineInfo, or None while warming up), `info`, `embed`
@@ -12,9 +15,11 @@ A message holds a list of requests `(request_id, op, payload, timeout_seconds)` 
 
 from __future__ import annotations
 
+import asyncio
 import copyreg
 import io
 import pickle
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -38,7 +43,9 @@ __all__ = [
     "error_outcome",
     "pack",
     "raise_outcome",
+    "read_message",
     "unpack",
+    "write_message",
 ]
 
 Op = Literal["hello", "info", "embed", "attend"]
@@ -91,6 +98,29 @@ def pack(message: object) -> list[bytes | pickle.PickleBuffer]:
 def unpack(frames: Sequence[bytes | memoryview]) -> Any:
     """The message `pack` made these frames from."""
     return pickle.loads(frames[0], buffers=frames[1:])
+
+
+_COUNT = struct.Struct("<I")
+_LENGTH = struct.Struct("<Q")
+
+
+def write_message(writer: asyncio.StreamWriter, message: object) -> None:
+    """Queue `message` on the stream (no wait: the loop's transport buffers it)."""
+    frames = pack(message)
+    lengths = [memoryview(frame).nbytes for frame in frames]
+    header = _COUNT.pack(len(frames)) + b"".join(_LENGTH.pack(n) for n in lengths)
+    writer.writelines([header, *(memoryview(frame).cast("B") for frame in frames)])
+
+
+async def read_message(reader: asyncio.StreamReader) -> Any:
+    """The next message on the stream; IncompleteReadError at its end."""
+    (count,) = _COUNT.unpack(await reader.readexactly(_COUNT.size))
+    lengths = await reader.readexactly(_LENGTH.size * count)
+    frames = [
+        await reader.readexactly(_LENGTH.unpack_from(lengths, _LENGTH.size * i)[0])
+        for i in range(count)
+    ]
+    return unpack(frames)
 
 
 def error_outcome(exc: Exception) -> tuple[str, object] | None:

@@ -1,6 +1,7 @@
 """The engine process of a multi-process runtime: one engine and its batcher behind a socket.
 
-HTTP front-end processes (`sas_runtime.engine_client`) send work here; the batcher gathers
+HTTP front-end processes (`sas_runtime.engine_client`) connect to a Unix socket and send work
+here; the batcher gathers
 work from all of them into the same batches, so the GPU sees one stream however many processes
 parse HTTP. The rate limit and the queue bound live here too, so they hold for the pod as a
 whole. The process warms up, then answers `hello` with the engine's info; on SIGTERM (sent by
@@ -17,13 +18,11 @@ import signal
 from typing import Any
 
 import numpy as np
-import zmq
-import zmq.asyncio
 
 from sas_runtime.batcher import Batcher
 from sas_runtime.config import RuntimeConfig
 from sas_runtime.engine import AttentionInput, EncodedText, Engine
-from sas_runtime.engine_ipc import error_outcome, pack, unpack
+from sas_runtime.engine_ipc import error_outcome, read_message, write_message
 from sas_runtime.metrics import RuntimeMetrics
 from sas_runtime.rate_limit import TokenBucket
 
@@ -35,7 +34,7 @@ _PARENT_CHECK_SECONDS = 1.0
 
 
 class EngineServer:
-    """Answers front-end requests on a ROUTER socket bound at `address`.
+    """Answers front-end requests on a Unix socket at `address` (a path).
 
     Requests arrive in lists (a front-end sends what its event loop gathered in one turn) and
     go straight into the batcher; replies to one front-end that are ready in the same turn
@@ -56,19 +55,17 @@ class EngineServer:
         self._frontends = config.server.frontends
         bucket = TokenBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
         self.batcher = Batcher(engine, config.batching, self._metrics, rate_limit=bucket)
-        self._context = zmq.asyncio.Context()
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.bind(address)
+        self._path = address
+        self._server: asyncio.Server | None = None
         self.ready = False
-        self._greeted: set[bytes] = set()
-        self._outbox: dict[bytes, list[tuple[int, str, object]]] = {}
-        self._sending: set[asyncio.Future[Any]] = set()
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._greeted: set[asyncio.StreamWriter] = set()
+        self._outbox: dict[asyncio.StreamWriter, list[tuple[int, str, object]]] = {}
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Warm up, then answer requests until `stop` is set; then fail what is still queued
-        and close the socket."""
-        receiver = asyncio.create_task(self._receive(), name="sas-engine-receive")
+        """Listen, warm up, then answer requests until `stop` is set; then fail what is still
+        queued and close the socket."""
+        await self.listen()
         try:
             await self.batcher.start()
             self.ready = True
@@ -80,36 +77,52 @@ class EngineServer:
             self._metrics.ready.set(0)
             await self.batcher.stop()
             await asyncio.sleep(0)
-            if self._sending:
-                await asyncio.wait(self._sending, timeout=1)
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
-            self.close()
+            await self.close()
 
-    def close(self) -> None:
-        """Close the socket (`serve` does this when it stops)."""
-        self._socket.close()
-        self._context.term()
+    async def listen(self) -> None:
+        """Open the socket (`serve` does this first); front-ends may connect from now on."""
+        self._server = await asyncio.start_unix_server(self._serve_frontend, self._path)
 
-    async def _receive(self) -> None:
-        while True:
-            frames = await self._socket.recv_multipart(copy=False)
-            identity = frames[0].bytes
-            for request in unpack([frame.buffer for frame in frames[1:]]):
-                self._dispatch(identity, *request)
+    async def close(self) -> None:
+        """Close the socket and every front-end's connection."""
+        if self._server is not None:
+            self._server.close()
+            for writer in self._connections:
+                writer.close()
+            await self._server.wait_closed()
+
+    async def _serve_frontend(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._connections.add(writer)
+        try:
+            while True:
+                for request in await read_message(reader):
+                    self._dispatch(writer, *request)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._connections.discard(writer)
+            self._greeted.discard(writer)
+            writer.close()
 
     def _dispatch(
-        self, identity: bytes, request_id: int, op: str, payload: Any, seconds: float
+        self,
+        connection: asyncio.StreamWriter,
+        request_id: int,
+        op: str,
+        payload: Any,
+        seconds: float,
     ) -> None:
         if op in ("hello", "info"):
             if op == "hello":
-                self._greeted.add(identity)
+                self._greeted.add(connection)
             everyone = len(self._greeted) >= self._frontends or op == "info"
             info = self._engine.info if self.ready and everyone else None
-            self._reply(identity, request_id, "ok", info)
+            self._reply(connection, request_id, "ok", info)
             return
         if not self.ready:
-            self._reply(identity, request_id, "unavailable", "the engine is warming up")
+            self._reply(connection, request_id, "unavailable", "the engine is warming up")
             return
         deadline = asyncio.get_running_loop().time() + seconds
         try:
@@ -121,49 +134,49 @@ class EngineServer:
             else:
                 raise ValueError(f"unknown engine request {op!r}")
         except Exception as exc:
-            self._reply_error(identity, request_id, op, exc)
+            self._reply_error(connection, request_id, op, exc)
             return
-        future.add_done_callback(functools.partial(self._done, identity, request_id, op))
+        future.add_done_callback(functools.partial(self._done, connection, request_id, op))
 
     def _done(
-        self, identity: bytes, request_id: int, op: str, future: asyncio.Future[list[object]]
+        self,
+        connection: asyncio.StreamWriter,
+        request_id: int,
+        op: str,
+        future: asyncio.Future[list[object]],
     ) -> None:
         if future.cancelled():
-            self._reply(identity, request_id, "closed", "the runtime is shutting down")
+            self._reply(connection, request_id, "closed", "the runtime is shutting down")
         elif (error := future.exception()) is not None:
-            self._reply_error(identity, request_id, op, error)
+            self._reply_error(connection, request_id, op, error)
         elif op == "embed":
             rows = future.result()
-            self._reply(identity, request_id, "ok", np.stack([np.asarray(r) for r in rows]))
+            self._reply(connection, request_id, "ok", np.stack([np.asarray(r) for r in rows]))
         else:
-            self._reply(identity, request_id, "ok", future.result()[0])
+            self._reply(connection, request_id, "ok", future.result()[0])
 
-    def _reply_error(self, identity: bytes, request_id: int, op: str, error: BaseException) -> None:
+    def _reply_error(
+        self, connection: asyncio.StreamWriter, request_id: int, op: str, error: BaseException
+    ) -> None:
         outcome = error_outcome(error) if isinstance(error, Exception) else None
         if outcome is None:
             logger.error("engine failure on a %s request", op, exc_info=error)
             outcome = ("failed", f"{type(error).__name__}: {error}")
-        self._reply(identity, request_id, *outcome)
+        self._reply(connection, request_id, *outcome)
 
-    def _reply(self, identity: bytes, request_id: int, outcome: str, value: object) -> None:
+    def _reply(
+        self, connection: asyncio.StreamWriter, request_id: int, outcome: str, value: object
+    ) -> None:
         """Queue a reply; the replies queued in this turn of the loop leave together."""
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.setdefault(identity, []).append((request_id, outcome, value))
+        self._outbox.setdefault(connection, []).append((request_id, outcome, value))
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
-        for identity, replies in outbox.items():
-            sent = asyncio.ensure_future(
-                self._socket.send_multipart([identity, *pack(replies)], copy=False)
-            )
-            self._sending.add(sent)
-            sent.add_done_callback(self._sent)
-
-    def _sent(self, sent: asyncio.Future[Any]) -> None:
-        self._sending.discard(sent)
-        if not sent.cancelled() and (error := sent.exception()) is not None:
-            logger.error("cannot send replies to a front-end: %s", error)
+        for writer, replies in outbox.items():
+            if not writer.is_closing():
+                write_message(writer, replies)
 
 
 async def exit_with_parent(stop: asyncio.Event) -> None:

@@ -66,7 +66,7 @@ class Supervisor:
         workdir = Path(tempfile.mkdtemp(prefix="sas-runtime-"))
         metrics_dir = workdir / "metrics"
         metrics_dir.mkdir()
-        address = f"ipc://{workdir / 'engine.sock'}"
+        address = str(workdir / "engine.sock")
         env = os.environ | {MULTIPROCESS_ENV: str(metrics_dir)}
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)

@@ -4,10 +4,12 @@ in one process (fake engine): results, every refusal, and readiness."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
+import tempfile
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -105,6 +107,14 @@ def test_an_engine_failure_is_not_a_refusal() -> None:
         raise_outcome("failed", "boom")
 
 
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    """A socket path short enough for AF_UNIX (108 bytes), whatever pytest's tmp_path is."""
+    directory = tempfile.mkdtemp(prefix="sas-")
+    yield os.path.join(directory, "engine.sock")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 class _Pair:
     """An EngineServer serving a FakeEngine and an EngineClient connected to it."""
 
@@ -121,8 +131,7 @@ def _config(**batching: int) -> RuntimeConfig:
     )
 
 
-async def _serve(tmp_path: Path, engine: FakeEngine, config: RuntimeConfig) -> AsyncIterator[_Pair]:
-    address = f"ipc://{tmp_path / 'engine.sock'}"
+async def _serve(address: str, engine: FakeEngine, config: RuntimeConfig) -> AsyncIterator[_Pair]:
     server = EngineServer(config, engine, address)
     stop = asyncio.Event()
     serving = asyncio.create_task(server.serve(stop))
@@ -137,8 +146,8 @@ async def _serve(tmp_path: Path, engine: FakeEngine, config: RuntimeConfig) -> A
 
 
 @pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[_Pair]:
-    async for served in _serve(tmp_path, FakeEngine(), _config()):
+async def pair(socket_path: str) -> AsyncIterator[_Pair]:
+    async for served in _serve(socket_path, FakeEngine(), _config()):
         yield served
 
 
@@ -175,12 +184,12 @@ async def test_input_the_engine_refuses_is_a_value_error(pair: _Pair) -> None:
         await pair.client.embed([text], deadline=_deadline())
 
 
-async def test_a_full_queue_and_the_rate_limit_hold_across_clients(tmp_path: Path) -> None:
+async def test_a_full_queue_and_the_rate_limit_hold_across_clients(socket_path: str) -> None:
     gate = threading.Event()
     config = _config(max_queue_depth=2, max_batch_size=1, window_microseconds=0).model_copy(
         update={"rate_limit": RateLimitConfig(requests_per_second=1, burst=3)}
     )
-    async for served in _serve(tmp_path, FakeEngine(gate=gate), config):
+    async for served in _serve(socket_path, FakeEngine(gate=gate), config):
         texts = [EncodedText((1, 5, 2))]
         first = [
             asyncio.create_task(served.client.embed(texts, deadline=_deadline())) for _ in range(2)
@@ -195,9 +204,9 @@ async def test_a_full_queue_and_the_rate_limit_hold_across_clients(tmp_path: Pat
         assert [len(v) for v in await asyncio.gather(*first)] == [1, 1]
 
 
-async def test_the_deadline_is_the_front_ends(tmp_path: Path) -> None:
+async def test_the_deadline_is_the_front_ends(socket_path: str) -> None:
     gate = threading.Event()
-    async for served in _serve(tmp_path, FakeEngine(gate=gate), _config()):
+    async for served in _serve(socket_path, FakeEngine(gate=gate), _config()):
         try:
             with pytest.raises(DeadlineExceededError):
                 await served.client.embed([EncodedText((1, 5, 2))], deadline=_deadline(0.1))
@@ -205,23 +214,42 @@ async def test_the_deadline_is_the_front_ends(tmp_path: Path) -> None:
             gate.set()
 
 
-async def test_work_before_the_engine_is_ready_is_refused(tmp_path: Path) -> None:
-    address = f"ipc://{tmp_path / 'engine.sock'}"
-    server = EngineServer(_config(), FakeEngine(), address)
-    client = EngineClient(address)
+async def test_the_client_waits_for_the_socket_and_the_warm_up(socket_path: str) -> None:
+    server = EngineServer(_config(), FakeEngine(), socket_path)
+    client = EngineClient(socket_path)
     starting = asyncio.create_task(client.start())
-    receiving = asyncio.create_task(server._receive())
     try:
+        await asyncio.sleep(0.3)
+        await server.listen()
         await asyncio.sleep(0.5)
         assert not starting.done(), "the client waits until the engine is warm"
         with pytest.raises(EngineUnavailableError):
             RemoteEngine(client, FakeEngine()).info  # noqa: B018
+        await server.batcher.start()
+        server.ready = True
+        await asyncio.wait_for(starting, 5)
+        assert client.info is not None
     finally:
-        receiving.cancel()
         starting.cancel()
-        await asyncio.gather(receiving, starting, return_exceptions=True)
+        await asyncio.gather(starting, return_exceptions=True)
         await client.stop()
-        server.close()
+        await server.batcher.stop()
+        await server.close()
+
+
+async def test_a_vanished_engine_fails_what_waits(socket_path: str) -> None:
+    gate = threading.Event()
+    async for served in _serve(socket_path, FakeEngine(gate=gate), _config()):
+        waiting = asyncio.create_task(
+            served.client.embed([EncodedText((1, 5, 2))], deadline=_deadline())
+        )
+        await asyncio.sleep(0.2)
+        await served.server.close()
+        try:
+            with pytest.raises(EngineUnavailableError, match="the engine process is gone"):
+                await waiting
+        finally:
+            gate.set()
 
 
 async def test_a_stopped_client_refuses_and_fails_what_waits(pair: _Pair) -> None:
