@@ -3,7 +3,9 @@
 Run on the H100: `python bench/kernel.py --out bench/results/kernel-<date>.json`. For every
 (sequence length, head dim) it times cuDNN and flash SDPA on the dense problem (and causal),
 then, per mask, our kernel and FlexAttention (compiled, same block mask). TFLOPS count the
-blocks computed (4 * 128 * 128 * D flops per visited block pair); ratios compare times.
+blocks computed (4 * 128 * 128 * D flops per visited block pair); ratios compare times. Our
+kernel and cuDNN are also timed from CUDA-graph replays (`*_graph_ms`): device time without the
+host's per-call launch cost, which dominates the shortest cases when called eagerly.
 """
 
 from __future__ import annotations
@@ -46,6 +48,37 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> 
         end.record()
         end.synchronize()
         times.append(float(start.elapsed_time(end)))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def time_graph_ms(fn: Callable[[], object], *, calls: int = 10, repeats: int = 5) -> float | None:
+    """Median device time of one call of `fn`, replayed from a CUDA graph of `calls` calls, so
+    the host's launch cost is left out; None if `fn` cannot be captured."""
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except RuntimeError as error:
+        print(f"graph capture failed: {error}", file=sys.stderr)
+        return None
+    graph.replay()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(float(start.elapsed_time(end)) / calls)
     times.sort()
     return times[len(times) // 2]
 
@@ -124,12 +157,17 @@ def bench_shape(
     dense_flops = 4 * heads * seq_len * seq_len * head_dim
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        cudnn_ms = time_ms(lambda: functional.scaled_dot_product_attention(q, k, v))
-        cudnn_causal_ms = time_ms(
-            lambda: functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        )
+        cudnn_dense = partial(functional.scaled_dot_product_attention, q, k, v)
+        cudnn_causal = partial(functional.scaled_dot_product_attention, q, k, v, is_causal=True)
+        cudnn_ms = time_ms(cudnn_dense)
+        cudnn_causal_ms = time_ms(cudnn_causal)
+        cudnn_graph_ms = time_graph_ms(cudnn_dense)
+        cudnn_causal_graph_ms = time_graph_ms(cudnn_causal)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         flash_ms = time_ms(lambda: functional.scaled_dot_product_attention(q, k, v))
+    # A fresh compile cache per shape: FlexAttention recompiles for every mask shape, and past
+    # dynamo's recompile limit it falls back to eager attention, which needs S^2 memory.
+    torch._dynamo.reset()
     flex = torch.compile(flex_attention.flex_attention, dynamic=False)
 
     rows = []
@@ -137,11 +175,19 @@ def bench_shape(
         pairs = visited_pairs(mask, heads)
         density = pairs / (heads * math.ceil(seq_len / BLOCK) ** 2)
         flops = 4 * BLOCK * BLOCK * head_dim * pairs
-        ours_ms = time_ms(partial(ops.block_sparse_attention, q, k, v, block_mask=mask))
+        ours = partial(ops.block_sparse_attention, q, k, v, block_mask=mask)
+        ours_ms = time_ms(ours)
+        ours_graph_ms = time_graph_ms(ours)
         flex_ms = None
         if with_flex:
             flex_ms = time_ms(partial(flex, q, k, v, block_mask=mask.to_flex_attention()))
         dense_ref_ms = cudnn_causal_ms if name == "causal" else cudnn_ms
+        dense_ref_graph_ms = cudnn_causal_graph_ms if name == "causal" else cudnn_graph_ms
+        graph_ratio = None
+        if ours_graph_ms is not None and dense_ref_graph_ms is not None:
+            graph_ratio = ours_graph_ms / (
+                (density if name != "causal" else 1.0) * dense_ref_graph_ms
+            )
         row = {
             "seq_len": seq_len,
             "head_dim": head_dim,
@@ -159,6 +205,11 @@ def bench_shape(
             if name != "causal"
             else ours_ms / cudnn_causal_ms,
             "speedup_vs_flex": None if flex_ms is None else flex_ms / ours_ms,
+            # The same from CUDA-graph replays: device time without the host's launch cost.
+            "ours_graph_ms": ours_graph_ms,
+            "cudnn_dense_graph_ms": cudnn_graph_ms,
+            "cudnn_causal_graph_ms": cudnn_causal_graph_ms,
+            "graph_time_over_density_x_cudnn": graph_ratio,
         }
         rows.append(row)
         print(
@@ -166,7 +217,9 @@ def bench_shape(
             f"ours {ours_ms:8.3f} ms {row['ours_tflops']:6.1f} TF | cuDNN dense {cudnn_ms:8.3f} "
             f"({row['cudnn_dense_tflops']:5.1f} TF) | flex "
             f"{'-' if flex_ms is None else f'{flex_ms:8.3f}'} | "
-            f"t/(d*cuDNN) {row['time_over_density_x_cudnn']:.2f}",
+            f"t/(d*cuDNN) {row['time_over_density_x_cudnn']:.2f} | graphs: ours "
+            f"{'-' if ours_graph_ms is None else f'{ours_graph_ms:8.3f}'} t/(d*cuDNN) "
+            f"{'-' if graph_ratio is None else f'{graph_ratio:.2f}'}",
             flush=True,
         )
     return rows
