@@ -48,32 +48,67 @@ struct ElementRules {
 };
 
 // Sets masked scores to -inf. `scores_rc` and `coords_rc` are (rows, cols) views of the score
-// accumulator and of its tile coordinates. Per element: two interval compares, plus a document
-// lookup only when documents are given.
+// accumulator and of its tile coordinates. Each row's visible keys become column bounds within
+// the block, so an element costs two or three compares against its column and a select;
+// documents add a lookup per element. Whether global keys or documents can matter is decided
+// once per block, so the common paths carry no per-element branches.
 template <bool kApplyRules, class Scores, class Coords>
 CUTE_DEVICE void apply_element_mask(Scores& scores_rc, Coords const& coords_rc, int q_offset,
                                     int kv_offset, int kv_len, ElementRules const& rules,
                                     int q_len) {
-  CUTE_UNROLL
-  for (int r = 0; r < size<0>(scores_rc); ++r) {
-    const int q = q_offset + get<0>(coords_rc(r, 0));
-    const ElementRules::RowKeys keys = rules.row_keys(q);
-    const bool with_documents = kApplyRules && rules.document_ids != nullptr;
-    const int q_document = with_documents && q < q_len ? rules.document_ids[q] : -1;
+  auto mask_rows = [&](auto global_keys_here, auto with_documents) {
+    constexpr bool kGlobalKeysHere = decltype(global_keys_here)::value;
+    constexpr bool kWithDocuments = decltype(with_documents)::value;
     CUTE_UNROLL
-    for (int c = 0; c < size<1>(scores_rc); ++c) {
-      const int k = kv_offset + get<1>(coords_rc(r, c));
-      bool visible = k >= 0 && k < kv_len;
+    for (int r = 0; r < size<0>(scores_rc); ++r) {
+      const int q = q_offset + get<0>(coords_rc(r, 0));
+      // Columns in [first, end) are visible, and so are columns below global_end.
+      int first = -kv_offset;  // keys >= 0
+      int end = kv_len - kv_offset;
+      int global_end = 0;
       if constexpr (kApplyRules) {
-        visible = visible && ((k >= keys.first && k <= keys.last) || k < keys.global_keys);
-        if (with_documents) {
-          visible = visible && q_document == rules.document_ids[k];
+        const ElementRules::RowKeys keys = rules.row_keys(q);
+        first = max(keys.first, 0) - kv_offset;
+        end = min(keys.last, kv_len - 1) + 1 - kv_offset;
+        global_end = min(keys.global_keys, kv_len) - kv_offset;
+      }
+      int q_document = -1;
+      if constexpr (kWithDocuments) {
+        q_document = q < q_len ? rules.document_ids[q] : -1;
+      }
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(scores_rc); ++c) {
+        const int col = get<1>(coords_rc(r, c));
+        bool visible = col >= first && col < end;
+        if constexpr (kGlobalKeysHere) {
+          visible = visible || col < global_end;
+        }
+        if constexpr (kWithDocuments) {
+          visible = visible && q_document == rules.document_ids[kv_offset + col];
+        }
+        if (!visible) {
+          scores_rc(r, c) = -INFINITY;
         }
       }
-      if (!visible) {
-        scores_rc(r, c) = -INFINITY;
-      }
     }
+  };
+  if constexpr (kApplyRules) {
+    // Global keys can only be visible in a block that starts below them.
+    const bool global_keys_here =
+        rules.window >= 0 && kv_offset >= 0 && kv_offset < rules.global_tokens;
+    if (rules.document_ids != nullptr) {
+      if (global_keys_here) {
+        mask_rows(cute::true_type{}, cute::true_type{});
+      } else {
+        mask_rows(cute::false_type{}, cute::true_type{});
+      }
+    } else if (global_keys_here) {
+      mask_rows(cute::true_type{}, cute::false_type{});
+    } else {
+      mask_rows(cute::false_type{}, cute::false_type{});
+    }
+  } else {
+    mask_rows(cute::false_type{}, cute::false_type{});
   }
 }
 
