@@ -8,6 +8,7 @@ import contextlib
 import functools
 import heapq
 import itertools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 _WorkKind = Literal["embed", "attend"]
+_TIMER_RESOLUTION = 0.001
+"""Seconds: the event loop's timers fire no more precisely than this."""
 _SMALLEST_BUCKET = 8
 
 
@@ -124,6 +127,7 @@ class Batcher:
         self._sequence = itertools.count()
         self._queued = 0
         self._pending = 0
+        self._depth_due = False
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -237,10 +241,10 @@ class Batcher:
             for job in jobs:
                 job.future.cancel()
             self._pending -= 1
-            self._metrics.queue_depth.set(self._pending)
+            self._publish_depth()
 
         self._pending += 1
-        self._metrics.queue_depth.set(self._pending)
+        self._publish_depth()
         for index, job in enumerate(jobs):
             job.enqueued = now
             job.deadline = deadline
@@ -251,6 +255,17 @@ class Batcher:
         self._queued += len(jobs)
         self._arrived.set()
         return request
+
+    def _publish_depth(self) -> None:
+        """Set the queue-depth gauge once per turn of the loop, however many requests came and
+        went in it (each set is a write to a shared file in multi-process mode)."""
+        if not self._depth_due:
+            self._depth_due = True
+            asyncio.get_running_loop().call_soon(self._set_depth)
+
+    def _set_depth(self) -> None:
+        self._depth_due = False
+        self._metrics.queue_depth.set(self._pending)
 
     async def _wait(self, request: asyncio.Future[list[object]], deadline: float) -> list[object]:
         seconds = deadline - asyncio.get_running_loop().time()
@@ -268,15 +283,25 @@ class Batcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             if self._window > 0 and self._queued < self._max_batch:
-                end = loop.time() + self._window
-                while self._queued < self._max_batch and (left := end - loop.time()) > 0:
-                    self._arrived.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._arrived.wait(), left)
+                await self._gather()
             with nvtx.annotate("sas.batch.assemble", domain="sas"):
                 batch = self._take_batch(loop.time())
             if batch:
                 await self._run(batch)
+
+    async def _gather(self) -> None:
+        """Wait up to the batching window for more work, or until a batch is full. The loop's
+        timers (and, under uvloop, its clock) count whole milliseconds, so the window is timed
+        with perf_counter and its last millisecond is spent turning the loop, which reads
+        whatever has arrived, rather than sleeping past it."""
+        end = time.perf_counter() + self._window
+        while self._queued < self._max_batch and (left := end - time.perf_counter()) > 0:
+            if left > _TIMER_RESOLUTION:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), left - _TIMER_RESOLUTION)
+            else:
+                await asyncio.sleep(0)
 
     def _take_batch(self, now: float) -> list[_Job]:
         """Pop the next batch: from the group whose head has the earliest deadline."""
