@@ -43,15 +43,28 @@ def _roundtrip(message: object) -> Any:
 @pytest.mark.parametrize(
     "dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int32], ids=str
 )
-def test_tensors_cross_out_of_band_with_dtype_shape_and_values(dtype: torch.dtype) -> None:
-    tensor = (torch.arange(2 * 3 * 5).reshape(2, 3, 5) - 7).to(dtype)
+@pytest.mark.parametrize("elements", [30, 70_000], ids=["small", "large"])
+def test_tensors_cross_with_dtype_shape_and_values(dtype: torch.dtype, elements: int) -> None:
+    tensor = (torch.arange(elements).reshape(2, -1, 5) % 251 - 7).to(dtype)
     frames = pack(("attend", tensor))
-    assert len(frames) == 2, "the tensor's bytes travel as their own frame"
+    large = tensor.numel() * tensor.element_size() >= 64 * 1024
+    assert len(frames) == (2 if large else 1), "only large tensors travel as their own frame"
     (name, back) = _roundtrip(("attend", tensor))
     assert name == "attend"
     assert back.dtype == dtype
     assert back.shape == tensor.shape
     assert torch.equal(back, tensor)
+
+
+def test_encoded_texts_and_embedding_rows_cross_in_one_frame() -> None:
+    texts = [EncodedText((101, 7, 102)), EncodedText((101, 102), truncated=True)]
+    rows = np.arange(2 * 384, dtype=np.float32).reshape(2, 384)
+    message = [(1, "embed", texts, 1.5), (2, "ok", rows)]
+    assert len(pack(message)) == 1
+    back = _roundtrip(message)
+    assert back[0] == (1, "embed", texts, 1.5)
+    assert isinstance(back[0][2][0], EncodedText)
+    assert np.array_equal(back[1][2], rows)
 
 
 def test_strided_empty_and_scalar_tensors_cross_intact() -> None:
