@@ -2,21 +2,26 @@
 
 At warm-up `GraphedForward.capture` records the forward once per bucket, largest first, on
 static input buffers that share one memory pool; a batch is then padded up to its bucket, its
-ids and lengths copied into the bucket's buffers, its attention metadata refreshed in place, and
-the graph replayed. Batches outside every bucket run eagerly. The bucketing and padding are
-plain functions (tested on the CPU); capture and replay need a CUDA device.
+ids and lengths copied into the bucket's buffers, and the graph replayed. The graph builds the
+attention metadata (the padding mask) from the lengths itself, so a batch costs the host two
+copies and a replay; a builder that cannot run inside a capture (it reads values on the host)
+leaves its bucket refreshing the metadata in place before each replay instead. Batches outside
+every bucket run eagerly. The bucketing and padding are plain functions (tested on the CPU);
+capture and replay need a CUDA device.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import nvtx
 import torch
 from torch import Tensor
@@ -44,7 +49,8 @@ EmbeddingsForward = Callable[[Tensor, Tensor, AttentionMetadata], Tensor]
 """(input_ids [B, S], lengths [B], metadata) -> float32 embeddings [B, hidden]."""
 MetadataBuilder = Callable[[Tensor, int], AttentionMetadata]
 """(lengths [B] on the device, padded length S) -> the batch's attention metadata, with tensor
-shapes that depend only on (B, S)."""
+shapes that depend only on (B, S); captured into the graph where it reads no tensor value on the
+host."""
 
 
 def sequence_buckets(max_length: int) -> tuple[int, ...]:
@@ -98,10 +104,12 @@ def pad_batch(
     batch, length = bucket
     if len(ids) > batch or any(len(text) > length for text in ids):
         raise ValueError(f"a batch of {len(ids)} texts does not fit bucket {bucket}")
-    rows = [[*text, *[pad_token_id] * (length - len(text))] for text in ids]
-    rows += [[pad_token_id] * length] * (batch - len(ids))
-    lengths = [len(text) for text in ids] + [1] * (batch - len(ids))
-    return torch.tensor(rows, dtype=torch.int64), torch.tensor(lengths, dtype=torch.int64)
+    lengths = np.ones(batch, dtype=np.int64)
+    lengths[: len(ids)] = [len(text) for text in ids]
+    rows = np.full((batch, length), pad_token_id, dtype=np.int64)
+    filled = np.arange(length) < lengths[: len(ids), None]
+    rows[: len(ids)][filled] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
+    return torch.from_numpy(rows), torch.from_numpy(lengths)
 
 
 def metadata_tensors(metadata: AttentionMetadata) -> list[Tensor]:
@@ -137,10 +145,12 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     input_ids: Tensor
     lengths: Tensor
-    metadata: list[Tensor]
     output: Tensor
+    metadata: list[Tensor] | None
+    """The static metadata tensors the host refreshes before a replay; None when the graph
+    builds them itself."""
     lengths_seen: list[int] | None = None
-    """The padded lengths the metadata was last built for (it depends on nothing else)."""
+    """The padded lengths last copied in (the metadata depends on nothing else)."""
 
 
 class GraphedForward:
@@ -186,19 +196,38 @@ class GraphedForward:
         )
 
     def _capture_one(self, bucket: tuple[int, int], pool: _POOL_HANDLE) -> _Graph:
+        try:
+            return self._capture(bucket, pool, metadata_in_graph=True)
+        except RuntimeError as exc:
+            logger.info(
+                "bucket %s: attention metadata refreshed before each replay (it cannot be "
+                "captured: %s)",
+                bucket,
+                str(exc).splitlines()[0],
+            )
+            return self._capture(bucket, pool, metadata_in_graph=False)
+
+    def _capture(
+        self, bucket: tuple[int, int], pool: _POOL_HANDLE, *, metadata_in_graph: bool
+    ) -> _Graph:
         batch, length = bucket
         input_ids = torch.full((batch, length), self._pad, dtype=torch.int64, device=self._device)
         lengths = torch.full((batch,), length, dtype=torch.int64, device=self._device)
-        metadata = self._build_metadata(lengths, length)
         side = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(side), torch.inference_mode():
-            self._forward(input_ids, lengths, metadata)  # allocator and library warm-up
+            # allocator and library warm-up
+            self._forward(input_ids, lengths, self._build_metadata(lengths, length))
         torch.cuda.current_stream(self._device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        if metadata_in_graph:
+            with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
+                output = self._forward(input_ids, lengths, self._build_metadata(lengths, length))
+            return _Graph(graph, input_ids, lengths, output, metadata=None)
+        metadata = self._build_metadata(lengths, length)
         with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
             output = self._forward(input_ids, lengths, metadata)
-        return _Graph(graph, input_ids, lengths, metadata_tensors(metadata), output)
+        return _Graph(graph, input_ids, lengths, output, metadata=metadata_tensors(metadata))
 
     def run(self, ids: Sequence[Sequence[int]]) -> Tensor | None:
         """float32 embeddings [len(ids), hidden] on the device from the bucket's graph, or None
@@ -212,9 +241,10 @@ class GraphedForward:
             captured.input_ids.copy_(input_ids)
             if captured.lengths_seen != (seen := lengths.tolist()):
                 captured.lengths.copy_(lengths)
-                fresh = metadata_tensors(self._build_metadata(captured.lengths, bucket[1]))
-                for static, value in zip(captured.metadata, fresh, strict=True):
-                    static.copy_(value)
+                if captured.metadata is not None:
+                    fresh = metadata_tensors(self._build_metadata(captured.lengths, bucket[1]))
+                    for static, value in zip(captured.metadata, fresh, strict=True):
+                        static.copy_(value)
                 captured.lengths_seen = seen
         with nvtx.annotate("sas.embed.forward", domain="sas"):
             captured.graph.replay()
