@@ -13,6 +13,11 @@ is sampled with nvidia-smi during each point. Prints the table and ratios, state
 targets beside the measured figures, writes a JSON result under bench/results/.
 
     python -m bench.serve_gpu [--seconds 4] [--warmup 1.5] [--clients 1,16,64,256] [--frontends 6]
+        [--skip-naive] [--skip-graphs-off] [--one-process-clients 1,64]
+
+Each point of ours also records the CPU its processes spent per answered request, by role
+(engine, front-ends, server), over the measured window: the process near a whole core is the
+one that limits throughput.
 
 On the device machine (no registry there) carry as wheels what its image lacks: pydantic (with
 pydantic-core, annotated-types, typing-inspection), fastapi (with starlette, annotated-doc,
@@ -32,11 +37,13 @@ import datetime
 import importlib.metadata
 import json
 import multiprocessing
+import os
 import random
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -145,9 +152,44 @@ class GpuSampler:
         }
 
 
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo += children.get(current, [])
+    return tree
+
+
+def _cpu_by_role(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each role: the engine process, the front-end
+    processes together, and the serving process (the supervisor, or the whole server when it
+    runs in one process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        role = next((a.decode() for a in command if a in (b"engine", b"frontend")), "server")
+        seconds[role] = seconds.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
 @dataclass
 class Point:
-    """One (server, workload, clients) measurement."""
+    """One (server, workload, clients) measurement. cpu_us_per_request: CPU microseconds per
+    answered request by role of our server's processes (None for the naive server)."""
 
     server: str
     workload: str
@@ -159,10 +201,20 @@ class Point:
     requests: int
     statuses: dict[str, int]
     gpu: dict[str, float | None]
+    cpu_us_per_request: dict[str, float] | None = None
 
 
-def measure(url: str, server: str, workload: str, clients: int, args: argparse.Namespace) -> Point:
-    """Drive `clients` closed-loop clients spread over up to `--load-processes` processes."""
+def measure(
+    url: str,
+    server: str,
+    workload: str,
+    clients: int,
+    args: argparse.Namespace,
+    server_pid: int | None = None,
+) -> Point:
+    """Drive `clients` closed-loop clients spread over up to `--load-processes` processes;
+    with `server_pid`, also count the CPU its process tree spent per request."""
+    pids = _process_tree(server_pid) if server_pid is not None else []
     processes = max(1, min(args.load_processes, clients))
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
     jobs = [
@@ -170,13 +222,20 @@ def measure(url: str, server: str, workload: str, clients: int, args: argparse.N
         for i, share in enumerate(shares)
     ]
     with GpuSampler() as sampler, multiprocessing.get_context("fork").Pool(processes) as pool:
-        outcomes = pool.map(_load_process, jobs)
+        pending = pool.map_async(_load_process, jobs)
+        # The server's CPU is read over the measured window only, as the requests are counted.
+        time.sleep(args.warmup)
+        before = _cpu_by_role(pids)
+        time.sleep(args.seconds)
+        cpu = {role: spent - before.get(role, 0.0) for role, spent in _cpu_by_role(pids).items()}
+        outcomes = pending.get()
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     for part, counts in outcomes:
         latencies += part
         statuses.update(counts)
     result = summarize(server, clients, args.seconds, latencies, statuses)
+    answered = sum(statuses.values())
     point = Point(
         server=server,
         workload=workload,
@@ -188,11 +247,15 @@ def measure(url: str, server: str, workload: str, clients: int, args: argparse.N
         requests=result.requests,
         statuses=result.statuses,
         gpu=sampler.summary(),
+        cpu_us_per_request={role: 1e6 * spent / answered for role, spent in cpu.items()}
+        if pids and answered
+        else None,
     )
     print(
         f"{server:>22} {workload:>13} {clients:4d} clients: {point.throughput_rps:9.1f} req/s  "
         f"P50 {point.p50_ms:8.2f} ms  P99 {point.p99_ms:8.2f} ms  "
-        f"GPU {point.gpu['gpu_util_mean']}%  {point.statuses}",
+        f"GPU {point.gpu['gpu_util_mean']}%  {point.statuses}  CPU us/request "
+        f"{ {role: round(us) for role, us in (point.cpu_us_per_request or {}).items()} }",
         flush=True,
     )
     return point
@@ -231,7 +294,7 @@ def run_ours(
         try:
             (card,) = httpx.get(f"{ours.url}/v1/models", timeout=10).json()["data"]
             points = [
-                measure(ours.url, name, workload, count, args)
+                measure(ours.url, name, workload, count, args, server_pid=ours.process.pid)
                 for workload in workloads
                 for count in clients or _clients_for(workload, args)
             ]
@@ -387,6 +450,11 @@ def main() -> int:
         help="client counts for ours in one process (default 1,64); empty: skip it",
     )
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--skip-graphs-off",
+        action="store_true",
+        help="skip ours with graphs off and the dense backend (no graphs/eager, sparse/dense)",
+    )
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -406,13 +474,14 @@ def main() -> int:
             one_process_clients,
         )
         points += more
-    more, servers["ours-graphs-off"] = run_ours(
-        "ours-graphs-off",
-        runtime_config(backend="dense", graphs=False, frontends=args.frontends),
-        embeddings + attention,
-        args,
-    )
-    points += more
+    if not args.skip_graphs_off:
+        more, servers["ours-graphs-off"] = run_ours(
+            "ours-graphs-off",
+            runtime_config(backend="dense", graphs=False, frontends=args.frontends),
+            embeddings + attention,
+            args,
+        )
+        points += more
     more, servers["ours"] = run_ours(
         "ours",
         runtime_config(backend="auto", graphs=True, frontends=args.frontends),
