@@ -276,16 +276,22 @@ class _AdmissionMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 return receive, too_large
-        body = bytearray()
+        # Chunks are joined once at the end: growing one buffer re-copies it as it grows
+        # (a 6 MB attention body cost ~20% of a front-end's CPU that way).
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return receive, ApiError(400, "the client went away", reason="disconnected")
-            body += message.get("body", b"")
-            if len(body) > limit:
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
                 return receive, too_large
             if not message.get("more_body", False):
                 break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         replayed = False
 
         async def replay() -> Message:
@@ -293,7 +299,7 @@ class _AdmissionMiddleware:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         return replay, None
 
