@@ -23,9 +23,9 @@ from sas_runtime.batcher import BatcherClosedError, DeadlineExceededError
 from sas_runtime.engine import AttentionInput, EncodedText, EngineInfo, TextEncoder
 from sas_runtime.engine_ipc import (
     EngineUnavailableError,
+    MessageProtocol,
     Op,
     raise_outcome,
-    read_message,
     write_message,
 )
 
@@ -45,8 +45,7 @@ class EngineClient:
 
     def __init__(self, address: str) -> None:
         self._address = address
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._connection: MessageProtocol | None = None
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -57,12 +56,14 @@ class EngineClient:
     async def start(self) -> None:
         """Connect (the engine process may not listen yet), then wait, however long the
         engine's warm-up takes, until it is ready."""
-        while self._writer is None:
+        loop = asyncio.get_running_loop()
+        while self._connection is None:
             try:
-                self._reader, self._writer = await asyncio.open_unix_connection(self._address)
+                _, self._connection = await loop.create_unix_connection(
+                    lambda: MessageProtocol(self._received, self._lost), self._address
+                )
             except (FileNotFoundError, ConnectionRefusedError):
                 await asyncio.sleep(_HELLO_SECONDS)
-        self._tasks.append(asyncio.create_task(self._receive(), name="sas-frontend-receive"))
         while self.info is None:
             with contextlib.suppress(TimeoutError):
                 self.info = await self._call("hello", None, seconds=_HELLO_SECONDS)
@@ -75,8 +76,8 @@ class EngineClient:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_waiting(BatcherClosedError("the runtime is shutting down"))
-        if self._writer is not None:
-            self._writer.close()
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.close()
 
     def _fail_waiting(self, error: Exception) -> None:
         for future in self._waiting.values():
@@ -109,7 +110,8 @@ class EngineClient:
         """Send one request; its reply's value, or its error raised, within `seconds` (the
         engine's own limit for the work) plus `grace`. Requests made in one turn of the event
         loop leave as one message."""
-        if self._writer is None:
+        transport = self._connection.transport if self._connection is not None else None
+        if transport is None or transport.is_closing():
             raise EngineUnavailableError("not connected to the engine process")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -124,28 +126,27 @@ class EngineClient:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        if self._writer is not None and not self._writer.is_closing():
-            write_message(self._writer, outbox)
+        transport = self._connection.transport if self._connection is not None else None
+        if transport is not None and not transport.is_closing():
+            write_message(transport, outbox)
 
-    async def _receive(self) -> None:
-        assert self._reader is not None
-        try:
-            while True:
-                for request_id, outcome, value in await read_message(self._reader):
-                    future = self._waiting.get(request_id)
-                    if future is None or future.done():
-                        continue
-                    if outcome == "ok":
-                        future.set_result(value)
-                    else:
-                        try:
-                            raise_outcome(outcome, value)
-                        except Exception as exc:
-                            future.set_exception(exc)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            if not self._closed:
-                logger.error("the engine process closed its connection")
-            self._fail_waiting(EngineUnavailableError("the engine process is gone"))
+    def _received(self, _: MessageProtocol, replies: list[tuple[int, str, object]]) -> None:
+        for request_id, outcome, value in replies:
+            future = self._waiting.get(request_id)
+            if future is None or future.done():
+                continue
+            if outcome == "ok":
+                future.set_result(value)
+            else:
+                try:
+                    raise_outcome(outcome, value)
+                except Exception as exc:
+                    future.set_exception(exc)
+
+    def _lost(self, _: MessageProtocol, __: Exception | None) -> None:
+        if not self._closed:
+            logger.error("the engine process closed its connection")
+        self._fail_waiting(EngineUnavailableError("the engine process is gone"))
 
     async def _refresh_info(self) -> None:
         """Keep `info` current: the guard may switch the engine to dense at any time, and

@@ -20,7 +20,7 @@ import copyreg
 import io
 import pickle
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -40,11 +40,11 @@ from sas_runtime.engine import EncodedText
 __all__ = [
     "ERRORS",
     "EngineUnavailableError",
+    "MessageProtocol",
     "Op",
     "error_outcome",
     "pack",
     "raise_outcome",
-    "read_message",
     "unpack",
     "write_message",
 ]
@@ -68,12 +68,15 @@ ERRORS: dict[str, type[Exception]] = {
 
 
 def _tensor_from_bytes(
-    data: memoryview | bytes, dtype: str, shape: tuple[int, ...]
+    data: memoryview | bytes | bytearray, dtype: str, shape: tuple[int, ...]
 ) -> torch.Tensor:
     torch_dtype = getattr(torch, dtype)
     if not len(data):
         return torch.empty(shape, dtype=torch_dtype)
-    raw = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    array = np.frombuffer(data, dtype=np.uint8)
+    # A frame read off the socket is a bytearray of its own: the tensor takes it over. The
+    # bytes of a small tensor pickled in-band are read-only: those are copied.
+    raw = torch.from_numpy(array if array.flags.writeable else array.copy())
     return raw.view(torch_dtype).reshape(shape)
 
 
@@ -115,7 +118,7 @@ def pack(message: object) -> list[bytes | pickle.PickleBuffer]:
     return [stream.getvalue(), *buffers]
 
 
-def unpack(frames: Sequence[bytes | memoryview]) -> Any:
+def unpack(frames: Sequence[bytes | bytearray | memoryview]) -> Any:
     """The message `pack` made these frames from."""
     return pickle.loads(frames[0], buffers=frames[1:])
 
@@ -124,23 +127,99 @@ _COUNT = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
 
 
-def write_message(writer: asyncio.StreamWriter, message: object) -> None:
-    """Queue `message` on the stream (no wait: the loop's transport buffers it)."""
+def write_message(transport: asyncio.WriteTransport, message: object) -> None:
+    """Queue `message` on the connection (no wait: the transport buffers it)."""
     frames = pack(message)
     lengths = [memoryview(frame).nbytes for frame in frames]
     header = _COUNT.pack(len(frames)) + b"".join(_LENGTH.pack(n) for n in lengths)
-    writer.writelines([header, *(memoryview(frame).cast("B") for frame in frames)])
+    transport.writelines([header, *(memoryview(frame).cast("B") for frame in frames)])
 
 
-async def read_message(reader: asyncio.StreamReader) -> Any:
-    """The next message on the stream; IncompleteReadError at its end."""
-    (count,) = _COUNT.unpack(await reader.readexactly(_COUNT.size))
-    lengths = await reader.readexactly(_LENGTH.size * count)
-    frames = [
-        await reader.readexactly(_LENGTH.unpack_from(lengths, _LENGTH.size * i)[0])
-        for i in range(count)
-    ]
-    return unpack(frames)
+_STAGING_BYTES = 256 << 10
+"""Reads land in a staging buffer of this size, except the rest of a frame at least this large,
+which the socket writes straight into the frame's own buffer."""
+
+
+class MessageProtocol(asyncio.BufferedProtocol):
+    """One end of a connection: `on_made` is called once it is up, each message read goes to
+    `on_message`, and `on_lost` is called once when it ends (with the error, if any). Small reads go through a staging
+    buffer; a large frame (an attention tensor) is received straight into a bytearray of its
+    size, which the unpickled tensor then uses without another copy."""
+
+    def __init__(
+        self,
+        on_message: Callable[[MessageProtocol, Any], None],
+        on_lost: Callable[[MessageProtocol, Exception | None], None] | None = None,
+        on_made: Callable[[MessageProtocol], None] | None = None,
+    ) -> None:
+        self.transport: asyncio.WriteTransport | None = None
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._on_made = on_made
+        self._staging = memoryview(bytearray(_STAGING_BYTES))
+        self._direct = False
+        self._begin_message()
+
+    def _begin_message(self) -> None:
+        self._stage: Literal["count", "lengths", "frames"] = "count"
+        self._lengths: list[int] = []
+        self._frames: list[bytearray] = []
+        self._expect(_COUNT.size)
+
+    def _expect(self, size: int) -> None:
+        self._target = bytearray(size)
+        self._filled = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.WriteTransport", transport)
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._on_lost is not None:
+            self._on_lost(self, exc)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self._direct = len(self._target) - self._filled >= _STAGING_BYTES
+        if self._direct:
+            return memoryview(self._target)[self._filled :]
+        return self._staging
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct:
+            self._filled += nbytes
+            self._complete_targets()
+            return
+        position = 0
+        while position < nbytes:
+            take = min(len(self._target) - self._filled, nbytes - position)
+            self._target[self._filled : self._filled + take] = self._staging[
+                position : position + take
+            ]
+            self._filled += take
+            position += take
+            self._complete_targets()
+
+    def _complete_targets(self) -> None:
+        """Move past every full target (an empty frame is full at once); deliver a message
+        once its last frame is in."""
+        while self._filled == len(self._target):
+            if self._stage == "count":
+                (count,) = _COUNT.unpack(self._target)
+                self._stage = "lengths"
+                self._expect(_LENGTH.size * count)
+                continue
+            if self._stage == "lengths":
+                self._lengths = [n for (n,) in _LENGTH.iter_unpack(self._target)]
+                self._stage = "frames"
+            else:
+                self._frames.append(self._target)
+            if len(self._frames) == len(self._lengths):
+                frames = self._frames
+                self._begin_message()
+                self._on_message(self, unpack(frames))
+                return
+            self._expect(self._lengths[len(self._frames)])
 
 
 def error_outcome(exc: Exception) -> tuple[str, object] | None:

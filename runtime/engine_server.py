@@ -22,7 +22,7 @@ import numpy as np
 from sas_runtime.batcher import Batcher
 from sas_runtime.config import RuntimeConfig
 from sas_runtime.engine import AttentionInput, EncodedText, Engine
-from sas_runtime.engine_ipc import error_outcome, read_message, write_message
+from sas_runtime.engine_ipc import MessageProtocol, error_outcome, write_message
 from sas_runtime.metrics import RuntimeMetrics
 from sas_runtime.rate_limit import TokenBucket
 
@@ -58,9 +58,9 @@ class EngineServer:
         self._path = address
         self._server: asyncio.Server | None = None
         self.ready = False
-        self._connections: set[asyncio.StreamWriter] = set()
-        self._greeted: set[asyncio.StreamWriter] = set()
-        self._outbox: dict[asyncio.StreamWriter, list[tuple[int, str, object]]] = {}
+        self._connections: set[MessageProtocol] = set()
+        self._greeted: set[MessageProtocol] = set()
+        self._outbox: dict[MessageProtocol, list[tuple[int, str, object]]] = {}
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Listen, warm up, then answer requests until `stop` is set; then fail what is still
@@ -81,34 +81,30 @@ class EngineServer:
 
     async def listen(self) -> None:
         """Open the socket (`serve` does this first); front-ends may connect from now on."""
-        self._server = await asyncio.start_unix_server(self._serve_frontend, self._path)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: MessageProtocol(self._received, self._lost, self._connections.add), self._path
+        )
 
     async def close(self) -> None:
         """Close the socket and every front-end's connection."""
         if self._server is not None:
             self._server.close()
-            for writer in self._connections:
-                writer.close()
+            for connection in list(self._connections):
+                if connection.transport is not None:
+                    connection.transport.close()
             await self._server.wait_closed()
 
-    async def _serve_frontend(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._connections.add(writer)
-        try:
-            while True:
-                for request in await read_message(reader):
-                    self._dispatch(writer, *request)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self._connections.discard(writer)
-            self._greeted.discard(writer)
-            writer.close()
+    def _received(self, connection: MessageProtocol, requests: list[Any]) -> None:
+        for request in requests:
+            self._dispatch(connection, *request)
+
+    def _lost(self, connection: MessageProtocol, _: Exception | None) -> None:
+        self._connections.discard(connection)
+        self._greeted.discard(connection)
 
     def _dispatch(
         self,
-        connection: asyncio.StreamWriter,
+        connection: MessageProtocol,
         request_id: int,
         op: str,
         payload: Any,
@@ -140,7 +136,7 @@ class EngineServer:
 
     def _done(
         self,
-        connection: asyncio.StreamWriter,
+        connection: MessageProtocol,
         request_id: int,
         op: str,
         future: asyncio.Future[list[object]],
@@ -156,7 +152,7 @@ class EngineServer:
             self._reply(connection, request_id, "ok", future.result()[0])
 
     def _reply_error(
-        self, connection: asyncio.StreamWriter, request_id: int, op: str, error: BaseException
+        self, connection: MessageProtocol, request_id: int, op: str, error: BaseException
     ) -> None:
         outcome = error_outcome(error) if isinstance(error, Exception) else None
         if outcome is None:
@@ -165,7 +161,7 @@ class EngineServer:
         self._reply(connection, request_id, *outcome)
 
     def _reply(
-        self, connection: asyncio.StreamWriter, request_id: int, outcome: str, value: object
+        self, connection: MessageProtocol, request_id: int, outcome: str, value: object
     ) -> None:
         """Queue a reply; the replies queued in this turn of the loop leave together."""
         if not self._outbox:
@@ -174,9 +170,10 @@ class EngineServer:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
-        for writer, replies in outbox.items():
-            if not writer.is_closing():
-                write_message(writer, replies)
+        for connection, replies in outbox.items():
+            transport = connection.transport
+            if transport is not None and not transport.is_closing():
+                write_message(transport, replies)
 
 
 async def exit_with_parent(stop: asyncio.Event) -> None:

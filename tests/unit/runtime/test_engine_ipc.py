@@ -9,6 +9,7 @@ import re
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -27,10 +28,12 @@ from sas_runtime.engine import AttentionInput, EncodedText
 from sas_runtime.engine_client import EngineClient, RemoteEngine
 from sas_runtime.engine_ipc import (
     EngineUnavailableError,
+    MessageProtocol,
     error_outcome,
     pack,
     raise_outcome,
     unpack,
+    write_message,
 )
 from sas_runtime.engine_server import EngineServer
 from tests.fake_engine import REFUSED_WORD, FakeEngine
@@ -89,6 +92,70 @@ def test_attention_inputs_and_arrays_cross() -> None:
     assert torch.equal(back_item.k, item.k)
     assert back_item.pattern is None
     np.testing.assert_array_equal(back_array, array)
+
+
+class _FakeTransport:
+    """What MessageProtocol needs of a transport when the test feeds it bytes by hand."""
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _feed(protocol: MessageProtocol, data: bytes, chunk: int) -> list[int]:
+    """Deliver `data` as the event loop would: into the buffers the protocol hands out, at most
+    `chunk` bytes per read. Returns the address of each buffer it wrote into."""
+    position = 0
+    addresses = []
+    while position < len(data):
+        buffer = protocol.get_buffer(-1)
+        addresses.append(np.frombuffer(buffer, dtype=np.uint8).ctypes.data)
+        size = min(len(buffer), chunk, len(data) - position)
+        buffer[:size] = data[position : position + size]
+        protocol.buffer_updated(size)
+        position += size
+    return addresses
+
+
+def _wire(message: object) -> bytes:
+    sent: list[bytes] = []
+
+    class Collect:
+        def writelines(self, parts: list[Any]) -> None:
+            sent.extend(bytes(part) for part in parts)
+
+    write_message(Collect(), message)  # type: ignore[arg-type]
+    return b"".join(sent)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 30], ids=lambda c: f"chunk{c}")
+def test_the_protocol_reads_messages_split_and_joined_anyhow(chunk: int) -> None:
+    large = torch.arange(200_000, dtype=torch.float32).reshape(2, -1)
+    messages: list[object] = [
+        [(1, "ok", large)],
+        [(2, "embed", [EncodedText((101, 102))], 1.0)],
+        [(3, "ok", torch.zeros(0, 4))],
+    ]
+    received: list[Any] = []
+    protocol = MessageProtocol(lambda _, message: received.append(message))
+    protocol.connection_made(_FakeTransport())  # type: ignore[arg-type]
+    _feed(protocol, b"".join(_wire(m) for m in messages), chunk)
+    assert len(received) == 3
+    assert torch.equal(received[0][0][2], large)
+    assert received[1] == messages[1]
+    assert received[2][0][2].shape == (0, 4)
+
+
+def test_a_large_tensor_takes_over_its_frame_without_a_copy() -> None:
+    received: list[Any] = []
+    protocol = MessageProtocol(lambda _, message: received.append(message))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps read-only memory
+        addresses = _feed(protocol, _wire(torch.ones(1 << 20, dtype=torch.bfloat16)), 1 << 30)
+    (tensor,) = received
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
+    assert any(start < address < end for address in addresses), "read straight into the tensor"
+    tensor[0] = 2
+    assert tensor[:2].tolist() == [2.0, 1.0]
 
 
 @pytest.mark.parametrize(
