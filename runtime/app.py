@@ -557,6 +557,7 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
             v=v,
             pattern=pattern,
             document_ids=None if document_ids is None else document_ids.to(torch.int32),
+            values_checked=True,  # check_attention_tensors above
         )
         output: torch.Tensor = await _run(
             state.batcher.attend(item, deadline=state.deadline(timeout_ms))

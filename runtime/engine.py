@@ -41,6 +41,8 @@ class AttentionInput:
     multiple of kv_heads (GQA). All on the CPU, one floating dtype.
     pattern: the pattern to apply; None means the service's configured pattern.
     document_ids: [batch, kv_len] int32 segment ids (pattern 'document' only), else None.
+    values_checked: q, k and v were already found finite (the HTTP boundary checks every
+        request), so the engine skips its own pass over the values.
     """
 
     q: torch.Tensor
@@ -48,6 +50,7 @@ class AttentionInput:
     v: torch.Tensor
     pattern: PatternConfig | None = None
     document_ids: torch.Tensor | None = None
+    values_checked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -446,7 +446,8 @@ class ModelEngine:
 
 
 def check_attention_input(item: AttentionInput) -> None:
-    """Raise ValueError with a clear message when q, k, v (and document ids) cannot be served."""
+    """Raise ValueError with a clear message when q, k, v (and document ids) cannot be served
+    (values are scanned for NaN and infinities unless `item.values_checked`)."""
     tensors = {"q": item.q, "k": item.k, "v": item.v}
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
@@ -477,6 +478,8 @@ def check_attention_input(item: AttentionInput) -> None:
         raise ValueError(
             f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
         )
+    if item.values_checked:
+        return
     for name, tensor in tensors.items():
         if not all_finite(tensor):
             raise ValueError(f"{name} contains NaN or infinite values")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -236,6 +237,12 @@ def test_attend_refuses_bad_input_with_a_clear_message(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         engine.attend([item])
+
+
+def test_values_the_http_boundary_checked_are_not_scanned_again(engine: ModelEngine) -> None:
+    item = dataclasses.replace(bad(q=torch.full((1, 4, 10, 8), float("nan"))), values_checked=True)
+    (output,) = engine.attend([item])  # the caller vouched for the values: no second pass
+    assert output.shape == item.q.shape
 
 
 def test_attend_refuses_problems_too_large_for_the_dense_backend(engine: ModelEngine) -> None:
