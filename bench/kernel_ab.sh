@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A/B of a kernel change on the GPU machine: builds the kernels from HEAD ("base") and from HEAD
+# with PATCH applied ("variant"), runs the kernel GPU tests on the variant, then bench/kernel.py
+# for base and variant alternated, twice per head dim, writing JSON and a log under OUT.
+#
+#   bash bench/kernel_ab.sh PATCH [MASKS] [SEQ_LENS]
+#
+# Needs on PYTHONPATH what the device image lacks (pydantic and its deps; see bench/serve_gpu.py)
+# and SAS_CUTLASS_INCLUDE pointing at CUTLASS's include/ (the nvidia-cutlass wheel's copy,
+# carried as a tarball). Run 4 (2026-11-30) took 197 s on an H200 with the defaults below.
+set -euo pipefail
+patch_file=$(realpath "$1")
+masks=${2:-window-1024,global-window,causal,random-0.1}
+seq_lens=${3:-4096,16384,32768}
+out=${OUT:-/tmp/kernel-ab}
+name=$(basename "$patch_file" .patch)
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+started=$(date +%s)
+say() { echo "[t=$(($(date +%s) - started))s] $*"; }
+
+mkdir -p "$out" "$work/base" "$work/variant"
+cp -r "$repo/runtime" "$work/base/sas_runtime"
+cp -r "$repo/runtime" "$work/variant/sas_runtime"
+(cd "$work/variant/sas_runtime" && patch -s -p2 <"$patch_file")
+
+say "build base and variant"
+for side in base variant; do
+  PYTHONPATH="$work/$side:${PYTHONPATH:-}" MAX_JOBS=8 \
+    python3 -m sas_runtime.kernels.build --out "$work/build-$side" >"$work/build-$side.log" 2>&1 &
+done
+wait
+base_lib=$work/build-base/sas_kernels.so
+variant_lib=$work/build-variant/sas_kernels.so
+
+say "kernel GPU tests on the variant"
+(cd "$repo" && PYTHONPATH="$work/variant:$repo:${PYTHONPATH:-}" SAS_KERNEL_LIBRARY=$variant_lib \
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_block_sparse_attention.py | tail -2)
+
+for pass in 1 2; do
+  for head_dim in 128 64; do
+    for side in base variant; do
+      library=$base_lib
+      [ "$side" = variant ] && library=$variant_lib
+      say "bench $side D$head_dim pass $pass"
+      (cd "$repo" && PYTHONPATH="$work/$side:$repo:${PYTHONPATH:-}" python3 bench/kernel.py \
+        --seq-lens "$seq_lens" --head-dims "$head_dim" --masks "$masks" --no-flex \
+        --library "$library" --out "$out/$name-$side-d$head_dim-pass$pass.json" | grep "^S=")
+    done
+  done
+done
+say done
