@@ -71,6 +71,8 @@ _ENDPOINTS = frozenset(
     {*_WORK_PATHS, "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json"}
 )
 _TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+_TIMEOUT_HEADER_BYTES = _TIMEOUT_HEADER.lower().encode()
+_MAX_TIMEOUT_MS = 600_000
 _SAFETENSORS_TYPES = ("application/octet-stream", "application/safetensors")
 """Media types of the safetensors form of /v1/attention; the answer comes in the request's."""
 _ERROR_TYPES = {
@@ -238,7 +240,13 @@ class _AdmissionMiddleware:
                 if rejection is None and path in _WORK_PATHS:
                     self.state.enter()
                     entered = True
-                    receive, rejection = await self._read_body(scope, receive)
+                    receive, body, rejection = await self._read_body(scope, receive)
+                    if rejection is None and path == "/v1/embeddings" and scope["method"] == "POST":
+                        request = _plain_embeddings_request(scope, body)
+                        if request is not None:
+                            response = await _answer(self.state, _embeddings(self.state, *request))
+                            await response(scope, receive, send_and_record)
+                            return
                 if rejection is not None:
                     self.state.metrics.rejections.labels(reason=rejection.reason).inc()
                     await rejection.response()(scope, receive, send_and_record)
@@ -265,8 +273,11 @@ class _AdmissionMiddleware:
             return ApiError(503, "the runtime is warming up", reason="not_ready", retry_after=1)
         return None
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[Receive, ApiError | None]:
-        """Read the whole body (at most `server.maxBodyBytes`) and replay it to the route."""
+    async def _read_body(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[Receive, bytes, ApiError | None]:
+        """Read the whole body (at most `server.maxBodyBytes`); returns a receive that replays
+        it to the route, and the body."""
         limit = self.state.config.server.max_body_bytes
         too_large = ApiError(
             413,
@@ -275,7 +286,7 @@ class _AdmissionMiddleware:
         )
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                return receive, too_large
+                return receive, b"", too_large
         # Chunks are joined once at the end: growing one buffer re-copies it as it grows
         # (a 6 MB attention body cost ~20% of a front-end's CPU that way).
         chunks: list[bytes] = []
@@ -283,12 +294,12 @@ class _AdmissionMiddleware:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return receive, ApiError(400, "the client went away", reason="disconnected")
+                return receive, b"", ApiError(400, "the client went away", reason="disconnected")
             chunk = message.get("body", b"")
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                return receive, too_large
+                return receive, b"", too_large
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -301,7 +312,7 @@ class _AdmissionMiddleware:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        return replay, None
+        return replay, body, None
 
 
 _TYPE_MISMATCHES = frozenset(
@@ -391,32 +402,23 @@ def create_frontend_app(
 
 
 def _add_error_handlers(app: FastAPI, state: ServingState) -> None:
-    async def api_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        state.metrics.rejections.labels(reason=exc.reason).inc()
-        return exc.response()
+    async def refusal_or_failure(_: Request, exc: Exception) -> Response:
+        return _error_response(state, exc)
 
     async def invalid_request(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         message, param = _validation_message(list(exc.errors()))
-        return await api_error(_, ApiError(400, message, param=param))
+        return _error_response(state, ApiError(400, message, param=param))
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         return ApiError(exc.status_code, str(exc.detail), reason="http_error").response()
 
-    async def server_error(_: Request, exc: Exception) -> Response:
-        logger.exception("request failed", exc_info=exc)
-        return ApiError(500, "the runtime failed on this request", reason="internal").response()
-
-    async def engine_unavailable(_: Request, exc: Exception) -> Response:
-        return await api_error(_, ApiError(503, str(exc), reason="not_ready", retry_after=1))
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(EngineUnavailableError, engine_unavailable)
+    app.add_exception_handler(ApiError, refusal_or_failure)
+    app.add_exception_handler(EngineUnavailableError, refusal_or_failure)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, server_error)
+    app.add_exception_handler(Exception, refusal_or_failure)
 
 
 _TimeoutHeader = Annotated[
@@ -424,7 +426,7 @@ _TimeoutHeader = Annotated[
     Header(
         alias=_TIMEOUT_HEADER,
         ge=1,
-        le=600_000,
+        le=_MAX_TIMEOUT_MS,
         description="Deadline in milliseconds (at most the configured default); past it: 504.",
     ),
 ]
@@ -448,6 +450,112 @@ async def _run(work: Awaitable[Any]) -> Any:
         raise ApiError(400, str(exc), reason="engine_refused") from exc
 
 
+async def _embeddings(
+    state: ServingState, body: EmbeddingsRequest, timeout_ms: int | None
+) -> Response:
+    """POST /v1/embeddings, for a request that parsed and validated."""
+    config = state.config
+    info = state.engine.info
+    if body.model != info.model:
+        raise ApiError(
+            404,
+            f"model {body.model!r} is not served here; this pod serves {info.model!r}",
+            param="model",
+            reason="model_not_found",
+        )
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if len(texts) > config.server.max_inputs:
+        raise ApiError(
+            400,
+            f"input holds {len(texts)} texts; the limit is {config.server.max_inputs} (server.maxInputs)",
+            param="input",
+        )
+    if body.dimensions is not None and body.dimensions != info.embedding_dim:
+        raise ApiError(
+            400,
+            f"dimensions must be {info.embedding_dim} for {info.model!r}",
+            param="dimensions",
+        )
+    encoded = state.engine.encode(texts)
+    if config.model.long_inputs is LongInputPolicy.REJECT:
+        for index, text in enumerate(encoded):
+            if text.truncated:
+                raise ApiError(
+                    413,
+                    f"input[{index}] is longer than {info.max_sequence_length} tokens "
+                    "(model.maxSequenceLength; model.longInputs is 'reject')",
+                    param=f"input.{index}",
+                    reason="too_long",
+                )
+    vectors = await _run(state.batcher.embed(encoded, deadline=state.deadline(timeout_ms)))
+    if body.encoding_format == "base64":
+        rows: list[Any] = [
+            base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors
+        ]
+    else:
+        rows = list(vectors)
+    tokens = sum(len(text.ids) for text in encoded)
+    return OrjsonResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)
+            ],
+            "model": info.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+def _plain_embeddings_request(
+    scope: Scope, body: bytes
+) -> tuple[EmbeddingsRequest, int | None] | None:
+    """The request and its deadline header when an embeddings request is plainly valid (JSON
+    content type, a body that validates, at most one well-formed deadline header), so the
+    middleware can answer it without FastAPI's routing and dependency layers; None sends it
+    the long way, where anything malformed gets FastAPI's validation and its error."""
+    content_type = timeout = None
+    timeouts = 0
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value
+        elif name == _TIMEOUT_HEADER_BYTES:
+            timeout, timeouts = value, timeouts + 1
+    if content_type is None or content_type.split(b";")[0].strip().lower() != b"application/json":
+        return None
+    timeout_ms = None
+    if timeouts:
+        if timeouts > 1 or not (timeout and timeout.isdigit() and len(timeout) <= 6):
+            return None
+        timeout_ms = int(timeout)
+        if not 1 <= timeout_ms <= _MAX_TIMEOUT_MS:
+            return None
+    try:
+        return EmbeddingsRequest.model_validate_json(body), timeout_ms
+    except ValidationError:
+        return None
+
+
+async def _answer(state: ServingState, work: Awaitable[Response]) -> Response:
+    """The response to `work`, its errors answered as the app's exception handlers would."""
+    try:
+        return await work
+    except Exception as exc:
+        return _error_response(state, exc)
+
+
+def _error_response(state: ServingState, exc: Exception) -> Response:
+    """The answer to an exception out of a route: refusals (ApiError, the engine not ready)
+    with their status, counted by reason; anything else a logged 500."""
+    if isinstance(exc, EngineUnavailableError):
+        exc = ApiError(503, str(exc), reason="not_ready", retry_after=1)
+    if isinstance(exc, ApiError):
+        state.metrics.rejections.labels(reason=exc.reason).inc()
+        return exc.response()
+    logger.exception("request failed", exc_info=exc)
+    return ApiError(500, "the runtime failed on this request", reason="internal").response()
+
+
 def _add_routes(app: FastAPI, state: ServingState) -> None:
     config = state.config
 
@@ -458,57 +566,7 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
         summary="Embed texts (OpenAI-compatible)",
     )
     async def embeddings(body: EmbeddingsRequest, timeout_ms: _TimeoutHeader = None) -> Response:
-        info = state.engine.info
-        if body.model != info.model:
-            raise ApiError(
-                404,
-                f"model {body.model!r} is not served here; this pod serves {info.model!r}",
-                param="model",
-                reason="model_not_found",
-            )
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if len(texts) > config.server.max_inputs:
-            raise ApiError(
-                400,
-                f"input holds {len(texts)} texts; the limit is {config.server.max_inputs} (server.maxInputs)",
-                param="input",
-            )
-        if body.dimensions is not None and body.dimensions != info.embedding_dim:
-            raise ApiError(
-                400,
-                f"dimensions must be {info.embedding_dim} for {info.model!r}",
-                param="dimensions",
-            )
-        encoded = state.engine.encode(texts)
-        if config.model.long_inputs is LongInputPolicy.REJECT:
-            for index, text in enumerate(encoded):
-                if text.truncated:
-                    raise ApiError(
-                        413,
-                        f"input[{index}] is longer than {info.max_sequence_length} tokens "
-                        "(model.maxSequenceLength; model.longInputs is 'reject')",
-                        param=f"input.{index}",
-                        reason="too_long",
-                    )
-        vectors = await _run(state.batcher.embed(encoded, deadline=state.deadline(timeout_ms)))
-        if body.encoding_format == "base64":
-            rows: list[Any] = [
-                base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors
-            ]
-        else:
-            rows = list(vectors)
-        tokens = sum(len(text.ids) for text in encoded)
-        return OrjsonResponse(
-            {
-                "object": "list",
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": row}
-                    for i, row in enumerate(rows)
-                ],
-                "model": info.model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+        return await _embeddings(state, body, timeout_ms)
 
     @app.post(
         "/v1/attention",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,10 +15,11 @@ import pytest
 import safetensors.torch
 import torch
 
+from sas_runtime import app as app_module
 from sas_runtime.app import create_app, serving_state
 from sas_runtime.config import RuntimeConfig
 from sas_runtime.tensor_codec import encode_payload
-from tests.fake_engine import FakeEngine, eventually
+from tests.fake_engine import REFUSED_WORD, FakeEngine, eventually
 
 
 @asynccontextmanager
@@ -376,3 +378,73 @@ async def test_each_rejection_is_counted_once() -> None:
         await first
         text = (await client.get("/metrics")).text
     assert 'sas_rejections_total{reason="queue_full"} 1.0' in text
+
+
+_PLAIN_PATH_CASES = [
+    pytest.param(_embed(["a b c", "d"]), {}, id="texts"),
+    pytest.param(_embed("a b", encoding_format="base64"), {}, id="base64"),
+    pytest.param(_embed("x", dimensions=16, user="u1"), {"X-Request-Timeout-Ms": "5000"}, id="all"),
+    pytest.param({"model": "gpt", "input": "x"}, {}, id="unknown-model"),
+    pytest.param(_embed("x", dimensions=3), {}, id="wrong-dimensions"),
+    pytest.param(_embed(["a"] * 300), {}, id="too-many-inputs"),
+    pytest.param(_embed(["short", " ".join(["w"] * 40)]), {}, id="too-long"),
+    pytest.param(_embed(f"x {REFUSED_WORD}"), {}, id="engine-refuses"),
+]
+
+
+@pytest.mark.parametrize(("body", "headers"), _PLAIN_PATH_CASES)
+async def test_plain_embeddings_requests_skip_fastapi_and_answer_the_same(
+    body: dict[str, Any], headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = []
+    taken: list[bool] = []
+    plain_request = app_module._plain_embeddings_request
+
+    def recording(*args: Any) -> Any:
+        parsed = plain_request(*args)
+        taken.append(parsed is not None)
+        return parsed
+
+    for plain_path in (True, False):
+        monkeypatch.setattr(
+            app_module,
+            "_plain_embeddings_request",
+            # the second time, every request goes through FastAPI's route
+            recording if plain_path else lambda *_: None,
+        )
+        engine = FakeEngine(max_length=32)
+        config = {"model": {"maxSequenceLength": 32, "longInputs": "reject"}}
+        async with serving(engine, **config) as (client, _):
+            response = await client.post("/v1/embeddings", json=body, headers=headers)
+            metrics = (await client.get("/metrics")).text
+        rejections = sorted(line for line in metrics.splitlines() if "rejections_total{" in line)
+        answers.append((response.status_code, response.json(), rejections))
+    assert taken == [True]
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "timeouts", "body", "plain"),
+    [
+        ("application/json", [], _embed("x"), True),
+        ("Application/JSON; charset=utf-8", ["250"], _embed("x"), True),
+        ("text/plain", [], _embed("x"), False),
+        (None, [], _embed("x"), False),
+        ("application/json", ["0"], _embed("x"), False),
+        ("application/json", ["600001"], _embed("x"), False),
+        ("application/json", ["1e3"], _embed("x"), False),
+        ("application/json", ["5", "6"], _embed("x"), False),
+        ("application/json", [], {"input": "x"}, False),
+        ("application/json", [], _embed(""), False),
+    ],
+)
+def test_only_plainly_valid_requests_take_the_short_path(
+    content_type: str | None, timeouts: list[str], body: dict[str, Any], plain: bool
+) -> None:
+    headers = [(b"x-request-timeout-ms", t.encode()) for t in timeouts]
+    if content_type is not None:
+        headers.append((b"content-type", content_type.encode()))
+    parsed = app_module._plain_embeddings_request({"headers": headers}, json.dumps(body).encode())
+    assert (parsed is not None) == plain
+    if parsed is not None:
+        assert parsed[1] == (int(timeouts[0]) if timeouts else None)
