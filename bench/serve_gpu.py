@@ -465,30 +465,34 @@ def main() -> int:
     attention = list(ATTENTION_SHAPES)
     servers: dict[str, Any] = {}
     points = [] if args.skip_naive else run_naive(embeddings, args)
-    if one_process_clients:
-        more, servers["ours-1-process"] = run_ours(
+    # (server, config, workloads, client counts (None: --clients), whether it runs)
+    ours_runs: list[tuple[str, dict[str, Any], list[str], list[int] | None, bool]] = [
+        (
             "ours-1-process",
             runtime_config(backend="auto", graphs=True, frontends=1),
             embeddings,
-            args,
             one_process_clients,
-        )
-        points += more
-    if not args.skip_graphs_off:
-        more, servers["ours-graphs-off"] = run_ours(
+            bool(one_process_clients),
+        ),
+        (
             "ours-graphs-off",
             runtime_config(backend="dense", graphs=False, frontends=args.frontends),
             embeddings + attention,
-            args,
-        )
-        points += more
-    more, servers["ours"] = run_ours(
-        "ours",
-        runtime_config(backend="auto", graphs=True, frontends=args.frontends),
-        embeddings + attention,
-        args,
-    )
-    points += more
+            None,
+            not args.skip_graphs_off,
+        ),
+        (
+            "ours",
+            runtime_config(backend="auto", graphs=True, frontends=args.frontends),
+            embeddings + attention,
+            None,
+            True,
+        ),
+    ]
+    for name, config, workloads, clients, wanted in ours_runs:
+        if wanted:
+            more, servers[name] = run_ours(name, config, workloads, args, clients)
+            points += more
     ratio = ratios(points)
     for key, value in ratio.items():
         print(f"{key:>45}: x{value:.2f}")
