@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections import defaultdict
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -104,15 +104,19 @@ class Reconciler:
     read_backend: BackendReader = read_backend
     clock: Callable[[], datetime] = _utc_now
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    _locks: defaultdict[tuple[str, str], threading.Lock] = field(
-        default_factory=lambda: defaultdict(threading.Lock)
+    _locks: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
     )
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
-        """One lock per service: handlers, watches and the resync never reconcile it at once."""
+        """One lock per service: handlers, watches and the resync never reconcile it at once.
+        A lock lives only while someone holds or waits for it, so deleted services leave none."""
         with self._locks_guard:
-            return self._locks[(namespace, name)]
+            lock = self._locks.get((namespace, name))
+            if lock is None:
+                lock = self._locks[(namespace, name)] = threading.Lock()
+            return lock
 
     def reconcile(self, namespace: str, name: str, *, trigger: str) -> ReconcileOutcome | None:
         """Bring the children of service `namespace/name` in line with its spec, write its

@@ -253,3 +253,15 @@ def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile() -> None:
     outcome = _reconcile(_reconciler(cluster), key)
     assert [e.reason for e in outcome.events] == ["Applied", "MonitoringOff"]
     assert ("Deployment", "minilm") in cluster.kinds()
+
+
+def test_per_service_locks_do_not_outlive_their_reconciles() -> None:
+    cluster = FakeCluster()
+    reconciler = _reconciler(cluster)
+    for name in ("a", "b", "c"):
+        reconciler.reconcile("ml", name, trigger="test")  # gone services, as after deletes
+    key = sas_object(cluster, {})
+    _reconcile(reconciler, key)
+    assert len(reconciler._locks) == 0
+    held = reconciler._lock("ml", "minilm")
+    assert reconciler._lock("ml", "minilm") is held, "one lock per service while in use"
