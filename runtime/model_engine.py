@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import nvtx
@@ -39,7 +39,7 @@ from sas_runtime.config import (
     PatternType,
     RuntimeConfig,
 )
-from sas_runtime.cuda_graphs import GraphBuckets, GraphedForward
+from sas_runtime.cuda_graphs import GraphBuckets, GraphedForward, pad_batch
 from sas_runtime.engine import AttentionInput, EncodedText, EngineInfo
 from sas_runtime.model import SentenceEncoder, padded_attention_metadata
 from sas_runtime.model_files import (
@@ -229,29 +229,37 @@ class ModelEngine:
                 graphed = self._graphs.run(ids)
                 if graphed is not None:
                     return graphed
-            try:
+            if not sparse:
                 return self._eager_embeddings(ids, self._model_backend)
-            except SparseLaunchError as exc:
-                self._guard.count_fallback(FALLBACK_LAUNCH_CHECK, exc)
-            except RuntimeError as exc:
-                if not sparse:
-                    raise
-                self._guard.count_fallback(FALLBACK_KERNEL_ERROR, exc)
-            return self._eager_embeddings(ids, self._dense)
+            return self._sparse_or_dense(
+                lambda: self._eager_embeddings(ids, self._model_backend),
+                lambda: self._eager_embeddings(ids, self._dense),
+            )
         finally:
             self._guard.sampling = False
             self._observe_guard()
+
+    def _sparse_or_dense(
+        self, sparse: Callable[[], torch.Tensor], dense: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """`sparse()`, or `dense()` when a launch check or a kernel error stops it (counted by
+        the guard as a fallback, never failing the request)."""
+        try:
+            return sparse()
+        except SparseLaunchError as exc:
+            self._guard.count_fallback(FALLBACK_LAUNCH_CHECK, exc)
+        except RuntimeError as exc:
+            self._guard.count_fallback(FALLBACK_KERNEL_ERROR, exc)
+        return dense()
 
     def _eager_embeddings(
         self, ids: Sequence[Sequence[int]], backend: AttentionBackend
     ) -> torch.Tensor:
         with nvtx.annotate("sas.embed.assemble", domain=_NVTX_DOMAIN):
             longest = max(len(text) for text in ids)
-            pad = self._files.config.pad_token_id
-            input_ids = torch.tensor(
-                [list(text) + [pad] * (longest - len(text)) for text in ids], dtype=torch.int64
+            input_ids, lengths = pad_batch(
+                ids, (len(ids), longest), self._files.config.pad_token_id
             )
-            lengths = torch.tensor([len(text) for text in ids], dtype=torch.int64)
         with nvtx.annotate("sas.embed.h2d", domain=_NVTX_DOMAIN):
             input_ids, lengths = input_ids.to(self._device), lengths.to(self._device)
         with nvtx.annotate("sas.embed.forward", domain=_NVTX_DOMAIN), torch.inference_mode():
@@ -368,16 +376,18 @@ class ModelEngine:
         if not self._sparse_batch_counted:
             self._guard.begin_sparse_batch()
             self._sparse_batch_counted = True
-        try:
+
+        def sparse() -> torch.Tensor:
             with nvtx.annotate("sas.attend.forward", domain=_NVTX_DOMAIN):
                 return backend.forward(q, k, v, backend.build_metadata(block_mask)).out
-        except SparseLaunchError as exc:
-            self._guard.count_fallback(FALLBACK_LAUNCH_CHECK, exc)
-        except RuntimeError as exc:
-            self._guard.count_fallback(FALLBACK_KERNEL_ERROR, exc)
+
+        try:
+            return self._sparse_or_dense(
+                sparse,
+                lambda: self._dense.forward(q, k, v, self._dense.build_metadata(block_mask)).out,
+            )
         finally:
             self._guard.sampling = False
-        return self._dense.forward(q, k, v, self._dense.build_metadata(block_mask)).out
 
     def _request_backend(self, spec: AttentionSpec) -> AttentionBackend:
         """The backend for one /v1/attention request: for `auto` the first of the priority list
