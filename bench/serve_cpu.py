@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
 import yaml
 from pydantic import BaseModel
 
-from tests.runtime_process import REAL_ENGINE, REPO_ROOT, free_port, start_runtime_process
+from hack.cluster.cluster import free_port, http_ok
+from tests.runtime_process import REAL_ENGINE, REPO_ROOT, start_runtime_process
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -221,11 +221,8 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], within: float = 180)
     while time.monotonic() < give_up:
         if process.poll() is not None:
             raise SystemExit(f"the server at {url} exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+        if http_ok(f"{url}/readyz"):
+            return
         time.sleep(0.3)
     raise SystemExit(f"the server at {url} was not ready within {within} s")
 

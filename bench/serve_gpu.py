@@ -62,7 +62,8 @@ from bench.serve_cpu import (
     short_sentence,
     summarize,
 )
-from tests.runtime_process import REAL_ENGINE, REPO_ROOT, free_port, start_runtime_process
+from hack.cluster.cluster import free_port
+from tests.runtime_process import REAL_ENGINE, REPO_ROOT, start_runtime_process
 
 ATTENTION_SHAPES = {"attention-1k": 1024, "attention-4k": 4096}
 """Workload name -> sequence length of a 1 x 16 x S x 64 bfloat16 request."""

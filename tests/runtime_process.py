@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from hack.cluster.cluster import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_ENGINE = "sas_runtime.model_engine:build_engine"
@@ -63,13 +64,6 @@ class RuntimeProcess:
 
 StartRuntime = Callable[..., RuntimeProcess]
 """The `start_runtime` fixture: `start(config, engine=...)` -> a ready RuntimeProcess."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_runtime_process(

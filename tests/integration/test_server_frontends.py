@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from hack.cluster.cluster import free_port
 from tests.fake_engine import FakeEngine
 from tests.runtime_process import (
     FAKE_ENGINE,
@@ -23,7 +24,6 @@ from tests.runtime_process import (
     TEXT_ENCODERS,
     RuntimeProcess,
     StartRuntime,
-    free_port,
 )
 
 CONFIG: dict[str, Any] = {"server": {"device": "cpu", "frontends": 3}}
