@@ -16,7 +16,6 @@ import json
 import math
 import platform
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -27,6 +26,7 @@ import torch
 from torch.nn import functional
 from torch.nn.attention import SDPBackend, flex_attention, sdpa_kernel
 
+from bench.gpu_info import gpu_and_driver
 from sas_runtime.block_mask import BlockMask, ElementMask, compile_block_mask
 from sas_runtime.config import PatternConfig, PatternType
 from sas_runtime.kernels import ops
@@ -130,12 +130,7 @@ def visited_pairs(mask: BlockMask, heads: int) -> int:
 
 
 def environment(command: list[str]) -> dict[str, Any]:
-    driver = subprocess.run(
-        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    _, driver = gpu_and_driver()
     return {
         "device": torch.cuda.get_device_name(),
         "driver": driver,

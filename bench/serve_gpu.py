@@ -52,6 +52,7 @@ from typing import Any
 
 import httpx
 
+from bench.gpu_info import gpu_and_driver
 from bench.serve_cpu import (
     MODEL_NAME,
     SENTENCES,
@@ -343,16 +344,7 @@ def _versions() -> dict[str, Any]:
     ]
     versions: dict[str, Any] = {name: importlib.metadata.version(name) for name in names}
     versions["cuda"] = torch.version.cuda
-    try:
-        smi = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        versions["gpu"], versions["driver"] = (part.strip() for part in smi.split(",", 1))
-    except (FileNotFoundError, subprocess.CalledProcessError, ValueError):
-        versions["gpu"] = versions["driver"] = None
+    versions["gpu"], versions["driver"] = gpu_and_driver()
     return versions
 
 
