@@ -114,15 +114,17 @@ def test_an_engine_that_cannot_start_stops_the_pod_with_its_reason(tmp_path: Pat
     assert b"the engine process exited with 1" in output
 
 
-def test_a_crashed_engine_takes_the_front_ends_down(start_runtime: StartRuntime) -> None:
+@pytest.mark.parametrize("role", ["engine", "frontend"])
+def test_a_crashed_child_takes_the_pod_down(start_runtime: StartRuntime, role: str) -> None:
     runtime = start_runtime(CONFIG, engine=FAKE_ENGINE)
     children = _children(runtime.process.pid)
-    engines = [pid for pid in children if _command(pid)[3:4] == ["engine"]]
-    assert len(engines) == 1
-    os.kill(engines[0], signal.SIGKILL)
+    crashing = [pid for pid in children if _command(pid)[3:4] == [role]]
+    assert len(crashing) == (1 if role == "engine" else CONFIG["server"]["frontends"])
+    os.kill(crashing[0], signal.SIGKILL)
     assert runtime.process.wait(timeout=30) != 0
     assert _wait_gone(children, within=10) == []
-    assert "the engine process exited with -9" in runtime.output()
+    said = "the engine process" if role == "engine" else f"front-end process {crashing[0]}"
+    assert f"{said} exited with -9" in runtime.output()
 
 
 def test_children_of_a_killed_supervisor_stop_by_themselves(start_runtime: StartRuntime) -> None:
