@@ -19,14 +19,12 @@ Each point of ours also records the CPU its processes spent per answered request
 (engine, front-ends, server), over the measured window: the process near a whole core is the
 one that limits throughput.
 
-On the device machine (no registry there) carry as wheels what its image lacks: pydantic (with
-pydantic-core, annotated-types, typing-inspection), fastapi (with starlette, annotated-doc,
-opentelemetry-api), uvicorn (h11, click, httptools), orjson, prometheus-client, nvtx, aiohttp
-(aiosignal, aiohappyeyeballs, frozenlist, multidict, yarl, propcache, attrs), nvidia-cutlass for
-the kernel build; and the all-MiniLM-L6-v2 package. Link `runtime/` as `sas_runtime` on
-PYTHONPATH, build the kernel (`python -m sas_runtime.kernels.build --out DIR`,
-`SAS_KERNEL_DTYPES=bf16 SAS_KERNEL_HEAD_DIMS=64` took well under a minute) and point
-`SAS_KERNEL_LIBRARY` at it.
+On the device machine (no registry there): `python -m bench.device_carry` here prepares the
+wheels its image lacks, the model with float16 weights and CUTLASS's headers (see its doc for the
+PYTHONPATH to set there); build the kernel (`python -m sas_runtime.kernels.build --out DIR`, 30 s
+for the whole matrix with 16 jobs on the H200 machine) and point `SAS_KERNEL_LIBRARY` at it.
+Run 2026-11-30: 83 s for 12 points and two server start-ups (`--skip-naive --skip-graphs-off
+--clients 1,64,256 --attention-clients 16 --seconds 3 --warmup 1`).
 """
 
 from __future__ import annotations
