@@ -5,9 +5,8 @@
 #
 #   bash bench/kernel_ab.sh PATCH [MASKS] [SEQ_LENS]
 #
-# Needs on PYTHONPATH what the device image lacks (pydantic and its deps; see bench/serve_gpu.py)
-# and SAS_CUTLASS_INCLUDE pointing at CUTLASS's include/ (the nvidia-cutlass wheel's copy,
-# carried as a tarball). Run 4 (2026-11-30) took 197 s on an H200 with the defaults below.
+# Needs on PYTHONPATH what the device image lacks and SAS_CUTLASS_INCLUDE pointing at CUTLASS's
+# include/: `python -m bench.device_carry` prepares both to carry. Run 4 (2026-11-30) took 197 s on an H200 with the defaults below.
 set -euo pipefail
 patch_file=$(realpath "$1")
 masks=${2:-window-1024,global-window,causal,random-0.1}
