@@ -1,6 +1,6 @@
 """Benchmark of the block-sparse kernel against cuDNN SDPA, SDPA flash and FlexAttention.
 
-Run on the H100: `python bench/kernel.py --out bench/results/kernel-<date>.json`. For every
+Run on the H100: `python -m bench.kernel --out bench/results/kernel-<date>.json`. For every
 (sequence length, head dim) it times cuDNN and flash SDPA on the dense problem (and causal),
 then, per mask, our kernel and FlexAttention (compiled, same block mask). TFLOPS count the
 blocks computed (4 * 128 * 128 * D flops per visited block pair); ratios compare times. Our

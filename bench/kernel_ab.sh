@@ -42,7 +42,7 @@ for pass in 1 2; do
       library=$base_lib
       [ "$side" = variant ] && library=$variant_lib
       say "bench $side D$head_dim pass $pass"
-      (cd "$repo" && PYTHONPATH="$work/$side:$repo:${PYTHONPATH:-}" python3 bench/kernel.py \
+      (cd "$repo" && PYTHONPATH="$work/$side:$repo:${PYTHONPATH:-}" python3 -m bench.kernel \
         --seq-lens "$seq_lens" --head-dims "$head_dim" --masks "$masks" --no-flex \
         --library "$library" --out "$out/$name-$side-d$head_dim-pass$pass.json" | grep "^S=")
     done
