@@ -215,7 +215,14 @@ def _frontend(args: argparse.Namespace, config: RuntimeConfig) -> int:
     except Exception as exc:
         print(f"sas_runtime: cannot load the tokenizer: {exc}", file=sys.stderr)
         return 1
-    client = EngineClient(args.address)
+    engine_lost = False
+
+    def stop_without_engine() -> None:
+        nonlocal engine_lost
+        engine_lost = True
+        server.should_exit = True
+
+    client = EngineClient(args.address, on_lost=stop_without_engine)
     try:
         app = create_frontend_app(config, RemoteEngine(client, text_encoder), client)
     except ConfigError as exc:
@@ -225,6 +232,8 @@ def _frontend(args: argparse.Namespace, config: RuntimeConfig) -> int:
         _uvicorn_config(app, args, config), serving_state(app), watch_parent=True
     )
     server.run(sockets=[_shared_listener(args.host, _port(args, config))])
+    if engine_lost:
+        return 1
     return 0 if server.started else 3
 
 

@@ -510,18 +510,22 @@ async def _embeddings(
 def _plain_embeddings_request(
     scope: Scope, body: bytes
 ) -> tuple[EmbeddingsRequest, int | None] | None:
-    """The request and its deadline header when an embeddings request is plainly valid (JSON
-    content type, a body that validates, at most one well-formed deadline header), so the
+    """The request and its deadline header when an embeddings request is plainly valid (one
+    JSON content type, a body that validates, at most one well-formed deadline header), so the
     middleware can answer it without FastAPI's routing and dependency layers; None sends it
     the long way, where anything malformed gets FastAPI's validation and its error."""
     content_type = timeout = None
-    timeouts = 0
+    content_types = timeouts = 0
     for name, value in scope["headers"]:
         if name == b"content-type":
-            content_type = value
+            content_type, content_types = value, content_types + 1
         elif name == _TIMEOUT_HEADER_BYTES:
             timeout, timeouts = value, timeouts + 1
-    if content_type is None or content_type.split(b";")[0].strip().lower() != b"application/json":
+    if (
+        content_types != 1
+        or content_type is None
+        or content_type.split(b";")[0].strip().lower() != b"application/json"
+    ):
         return None
     timeout_ms = None
     if timeouts:

@@ -196,9 +196,12 @@ class GraphedForward:
         )
 
     def _capture_one(self, bucket: tuple[int, int], pool: _POOL_HANDLE) -> _Graph:
+        stream = torch.cuda.current_stream(self._device)
         try:
             return self._capture(bucket, pool, metadata_in_graph=True)
         except RuntimeError as exc:
+            # A capture that fails in capture_end leaves its stream current: go back.
+            torch.cuda.set_stream(stream)
             logger.info(
                 "bucket %s: attention metadata refreshed before each replay (it cannot be "
                 "captured: %s)",

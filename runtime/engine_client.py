@@ -4,7 +4,8 @@ Each HTTP front-end process parses, validates and tokenizes requests itself and 
 to the engine process (`sas_runtime.engine_server`) over one Unix socket connection; replies
 are matched to waiting requests by id. `EngineClient` stands in for the batcher (`WorkQueue`) and
 `RemoteEngine` for the engine the app reads (its info, refreshed every second, and the
-tokenizer, which runs here).
+tokenizer, which runs here). A front-end whose engine connection ends stops (`on_lost`): the
+supervisor then takes the pod down, as it does when the engine process exits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,9 @@ itself at the deadline) before answering 504 here."""
 class EngineClient:
     """The engine process's batcher, as seen from one front-end process."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, on_lost: Callable[[], None] | None = None) -> None:
         self._address = address
+        self._on_lost = on_lost
         self._connection: MessageProtocol | None = None
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
@@ -67,6 +69,8 @@ class EngineClient:
         while self.info is None:
             with contextlib.suppress(TimeoutError):
                 self.info = await self._call("hello", None, seconds=_HELLO_SECONDS)
+            if self.info is None:  # the engine is still warming up
+                await asyncio.sleep(_HELLO_SECONDS)
         self._tasks.append(asyncio.create_task(self._refresh_info(), name="sas-frontend-info"))
 
     async def stop(self) -> None:
@@ -144,9 +148,11 @@ class EngineClient:
                     future.set_exception(exc)
 
     def _lost(self, _: MessageProtocol, __: Exception | None) -> None:
+        self._fail_waiting(EngineUnavailableError("the engine process is gone"))
         if not self._closed:
             logger.error("the engine process closed its connection")
-        self._fail_waiting(EngineUnavailableError("the engine process is gone"))
+            if self._on_lost is not None:
+                self._on_lost()
 
     async def _refresh_info(self) -> None:
         """Keep `info` current: the guard may switch the engine to dense at any time, and
@@ -158,6 +164,8 @@ class EngineClient:
             except TimeoutError:
                 logger.warning("the engine process did not answer within %.0f s", _INFO_SECONDS)
                 continue
+            except EngineUnavailableError:
+                return  # the connection is gone: `_lost` has said so
             if info is not None:
                 self.info = info
 

@@ -31,6 +31,7 @@ __all__ = ["EngineServer", "exit_with_parent", "serve_engine"]
 logger = logging.getLogger("sas_runtime.engine")
 
 _PARENT_CHECK_SECONDS = 1.0
+_REPLY_FLUSH_SECONDS = 0.05
 
 
 class EngineServer:
@@ -76,7 +77,9 @@ class EngineServer:
             self.ready = False
             self._metrics.ready.set(0)
             await self.batcher.stop()
-            await asyncio.sleep(0)
+            # The work the stop failed answers "closed" through callbacks a few loop turns
+            # away: let those replies leave before the connections close.
+            await asyncio.sleep(_REPLY_FLUSH_SECONDS)
             await self.close()
 
     async def listen(self) -> None:

@@ -448,3 +448,9 @@ def test_only_plainly_valid_requests_take_the_short_path(
     assert (parsed is not None) == plain
     if parsed is not None:
         assert parsed[1] == (int(timeouts[0]) if timeouts else None)
+
+
+def test_two_content_types_take_the_long_path() -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-type", b"application/json")]
+    body = json.dumps(_embed("x")).encode()
+    assert app_module._plain_embeddings_request({"headers": headers}, body) is None

@@ -36,7 +36,7 @@ from sas_runtime.engine_ipc import (
     write_message,
 )
 from sas_runtime.engine_server import EngineServer
-from tests.fake_engine import REFUSED_WORD, FakeEngine
+from tests.fake_engine import REFUSED_WORD, FakeEngine, eventually
 
 
 def _roundtrip(message: object) -> Any:
@@ -301,8 +301,17 @@ async def test_the_client_waits_for_the_socket_and_the_warm_up(socket_path: str)
     try:
         await asyncio.sleep(0.3)
         await server.listen()
+        asked: list[str] = []
+        dispatch = server._dispatch
+
+        def recording(*request: Any) -> None:
+            asked.append(request[2])
+            dispatch(*request)
+
+        server._dispatch = recording  # type: ignore[method-assign,assignment]
         await asyncio.sleep(0.5)
         assert not starting.done(), "the client waits until the engine is warm"
+        assert 1 <= asked.count("hello") <= 5, "a warming engine is asked every 0.2 s"
         with pytest.raises(EngineUnavailableError):
             RemoteEngine(client, FakeEngine()).info  # noqa: B018
         await server.batcher.start()
@@ -317,9 +326,13 @@ async def test_the_client_waits_for_the_socket_and_the_warm_up(socket_path: str)
         await server.close()
 
 
-async def test_a_vanished_engine_fails_what_waits(socket_path: str) -> None:
+async def test_a_vanished_engine_fails_what_waits_and_stops_the_front_end(
+    socket_path: str,
+) -> None:
     gate = threading.Event()
     async for served in _serve(socket_path, FakeEngine(gate=gate), _config()):
+        lost = asyncio.Event()
+        served.client._on_lost = lost.set
         waiting = asyncio.create_task(
             served.client.embed([EncodedText((1, 5, 2))], deadline=_deadline())
         )
@@ -328,8 +341,32 @@ async def test_a_vanished_engine_fails_what_waits(socket_path: str) -> None:
         try:
             with pytest.raises(EngineUnavailableError, match="the engine process is gone"):
                 await waiting
+            await asyncio.wait_for(lost.wait(), 5)
+            with pytest.raises(EngineUnavailableError, match="not connected"):
+                await served.client.embed([EncodedText((1, 5, 2))], deadline=_deadline())
         finally:
             gate.set()
+
+
+async def test_work_queued_when_the_engine_stops_is_answered_closed(socket_path: str) -> None:
+    gate = threading.Event()
+    server = EngineServer(_config(maxBatchSize=1), FakeEngine(gate=gate), socket_path)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(server.serve(stop))
+    client = EngineClient(socket_path)
+    await asyncio.wait_for(client.start(), 10)
+    try:
+        running = asyncio.create_task(client.embed([EncodedText((1, 5, 2))], deadline=_deadline()))
+        await eventually(lambda: server.batcher.pending == 1)
+        queued = asyncio.create_task(client.embed([EncodedText((1, 6, 2))], deadline=_deadline()))
+        await eventually(lambda: server.batcher.pending == 2)
+        stop.set()
+        with pytest.raises(BatcherClosedError):
+            await queued
+    finally:
+        gate.set()
+        await asyncio.gather(serving, running, return_exceptions=True)
+        await client.stop()
 
 
 async def test_a_stopped_client_refuses_and_fails_what_waits(pair: _Pair) -> None:
