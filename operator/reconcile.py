@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import DynamicApiError
+from kubernetes.utils import parse_quantity
 from pydantic import ValidationError
 
 from sas_operator.apply import CHILD_KINDS, ApplyResult, Owner, apply_children
@@ -217,6 +218,8 @@ class Reconciler:
             events.append(Event("Normal", "Applied", _describe(applied)))
             if monitoring_note:
                 events.append(Event("Normal", "MonitoringOff", monitoring_note))
+            if spec is not None and (shortfall := _cpu_shortfall(spec)) is not None:
+                events.append(Event("Warning", "FewCPUs", shortfall))
         deployment_key = ("apps/v1", "Deployment", namespace, name)
         deployment = (
             applied.live.get(deployment_key)
@@ -282,6 +285,22 @@ class Reconciler:
                 "create it with the model directory, or drop model.pvc",
             )
         return None
+
+
+def _cpu_shortfall(spec: SparseAttentionServiceSpec) -> str | None:
+    """Why the pod's CPU request is short of its processes (one per HTTP front-end, plus the
+    engine's), or None. A warning, not a refusal: the runtime still serves, slower."""
+    frontends = spec.server.frontends
+    if frontends < 2:
+        return None
+    wanted = frontends + 1
+    cpus = parse_quantity(spec.resources.cpu)  # type: ignore[no-untyped-call]
+    if cpus >= wanted:
+        return None
+    return (
+        f"resources.cpu is {spec.resources.cpu} but server.frontends runs {frontends} front-end "
+        f"processes and an engine process: request at least {wanted} CPUs, or fewer front-ends"
+    )
 
 
 class _NamespaceTerminating(Exception):

@@ -265,3 +265,20 @@ def test_per_service_locks_do_not_outlive_their_reconciles() -> None:
     assert len(reconciler._locks) == 0
     held = reconciler._lock("ml", "minilm")
     assert reconciler._lock("ml", "minilm") is held, "one lock per service while in use"
+
+
+@pytest.mark.parametrize(
+    ("frontends", "cpu", "warned"),
+    [(6, "4", True), (6, "7", False), (6, "6500m", True), (1, "1", False), (3, "4000m", False)],
+)
+def test_fewer_cpus_than_runtime_processes_is_a_warning_event(
+    frontends: int, cpu: str, warned: bool
+) -> None:
+    cluster = FakeCluster()
+    key = sas_object(cluster, {"server": {"frontends": frontends}, "resources": {"cpu": cpu}})
+    outcome = _reconcile(_reconciler(cluster), key)
+    warnings = [e for e in outcome.events if e.type == "Warning" and e.reason == "FewCPUs"]
+    assert bool(warnings) == warned
+    assert outcome.problem is None, "the service is still realised"
+    if warned:
+        assert f"at least {frontends + 1} CPUs" in warnings[0].message
