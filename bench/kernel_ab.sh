@@ -34,7 +34,7 @@ variant_lib=$work/build-variant/sas_kernels.so
 
 say "kernel GPU tests on the variant"
 (cd "$repo" && PYTHONPATH="$work/variant:$repo:${PYTHONPATH:-}" SAS_KERNEL_LIBRARY=$variant_lib \
-  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_block_sparse_attention.py | tail -2)
+  python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_block_sparse_attention.py | tail -20)
 
 for pass in 1 2; do
   for head_dim in 128 64; do
