@@ -42,7 +42,7 @@ class SparseBackend(AttentionBackend):
                 f"(the kernel's tiles are {ops.BLOCK_SIZE})"
             )
         if spec.device.type == "cuda":
-            unavailable = ops.load_library() or ops.unavailable_reason()
+            unavailable = ops.load_library() or ops.unavailable_reason(spec.device)
             if unavailable is not None:
                 reasons.append(unavailable)
         return reasons

@@ -58,13 +58,14 @@ def load_library(path: Path | None = None) -> str | None:
     return None
 
 
-def unavailable_reason() -> str | None:
-    """Why the op cannot run here (not built, no CUDA, not Hopper), or None."""
+def unavailable_reason(device: torch.device | None = None) -> str | None:
+    """Why the op cannot run on `device` (default: the current CUDA device): not built, no
+    CUDA, not Hopper; or None."""
     if _load_error is not None:
         return _load_error
     if not torch.cuda.is_available():
         return "no CUDA device"
-    major, minor = torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) != (9, 0):
         return f"the sparse kernel needs compute capability 9.0 (Hopper), found {major}.{minor}"
     return None
