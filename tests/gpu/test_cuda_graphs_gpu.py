@@ -53,10 +53,14 @@ def test_graphs_are_captured_at_warm_up_and_replay_what_eager_computes() -> None
     eager = build_engine(config({"enabled": False}))
     eager.warmup()
     assert eager.info.cuda_graphs == 0
-    for count in (1, 3, 16, 17):  # 17 is beyond every bucket: eager in both
-        batch = graphed.encode(texts(count))
+    batches = [texts(count) for count in (1, 3, 16, 17)]  # 17 is beyond every bucket: eager
+    # The (4, 16) bucket again with other lengths: the padding mask follows each batch's lengths.
+    batches += [[" ".join(WORDS[:n] * r) for n, r in ((2, 1), (12, 1), (3, 2))] for _ in (0, 1)]
+    batches[-1].reverse()
+    for batch_texts in batches:
+        batch = graphed.encode(batch_texts)
         ours, expected = graphed.embed(batch), eager.embed(batch)
-        assert ours.shape == (count, 384)
+        assert ours.shape == (len(batch_texts), 384)
         assert float((ours * expected).sum(axis=1).min()) >= 0.999
         np.testing.assert_allclose(ours, expected, atol=2e-2)
 
