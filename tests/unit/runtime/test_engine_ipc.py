@@ -251,6 +251,20 @@ async def test_embeddings_and_attention_come_back_as_the_engine_made_them(pair: 
     assert remote.encode(["hello world"]) == texts[:1]
 
 
+async def test_megabyte_tensors_cross_the_socket_both_ways(pair: _Pair) -> None:
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (
+        torch.randn(1, 16, 1024, 64, generator=generator).to(torch.bfloat16) for _ in range(3)
+    )
+    item = AttentionInput(q=q, k=k, v=v)  # 2 MB each way per tensor, read in place
+    outputs = await asyncio.gather(
+        *(pair.client.attend(item, deadline=_deadline(30)) for _ in range(3))
+    )
+    expected = pair.engine.attend([item])[0]
+    for output in outputs:
+        assert torch.equal(output, expected)
+
+
 async def test_requests_of_both_sides_share_one_batch(pair: _Pair) -> None:
     texts = pair.engine.encode([f"text {i}" for i in range(6)])
     await asyncio.gather(*(pair.client.embed([t], deadline=_deadline()) for t in texts))
