@@ -62,7 +62,14 @@ from bench.serve_cpu import (
     summarize,
 )
 from hack.cluster.cluster import free_port
-from tests.runtime_process import REAL_ENGINE, REPO_ROOT, start_runtime_process
+from tests.runtime_process import (
+    REAL_ENGINE,
+    REPO_ROOT,
+    process_command,
+    process_stat,
+    process_tree,
+    start_runtime_process,
+)
 
 ATTENTION_SHAPES = {"attention-1k": 1024, "attention-4k": 4096}
 """Workload name -> sequence length of a 1 x 16 x S x 64 bfloat16 request."""
@@ -152,23 +159,6 @@ class GpuSampler:
         }
 
 
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(current := todo.pop())
-        todo += children.get(current, [])
-    return tree
-
-
 def _cpu_by_role(pids: list[int]) -> dict[str, float]:
     """CPU seconds (user + system) so far of each role: the engine process, the front-end
     processes together, and the serving process (the supervisor, or the whole server when it
@@ -177,11 +167,11 @@ def _cpu_by_role(pids: list[int]) -> dict[str, float]:
     seconds: dict[str, float] = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = process_stat(pid)
+            command = process_command(pid)
         except OSError:
             continue
-        role = next((a.decode() for a in command if a in (b"engine", b"frontend")), "server")
+        role = next((a for a in command if a in ("engine", "frontend")), "server")
         seconds[role] = seconds.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return seconds
 
@@ -214,7 +204,7 @@ def measure(
 ) -> Point:
     """Drive `clients` closed-loop clients spread over up to `--load-processes` processes;
     with `server_pid`, also count the CPU its process tree spent per request."""
-    pids = _process_tree(server_pid) if server_pid is not None else []
+    pids = process_tree(server_pid) if server_pid is not None else []
     processes = max(1, min(args.load_processes, clients))
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
     jobs = [

@@ -66,6 +66,40 @@ StartRuntime = Callable[..., RuntimeProcess]
 """The `start_runtime` fixture: `start(config, engine=...)` -> a ready RuntimeProcess."""
 
 
+def process_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state, parent pid, ... (Linux);
+    OSError when the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_command(pid: int) -> list[str]:
+    """The command line of `pid`, one item per argument (Linux /proc)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def child_processes(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int(process_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo += child_processes(current)
+    return tree
+
+
 def start_runtime_process(
     config: dict[str, Any], *, engine: str, workdir: Path, ready_within: float = 180
 ) -> RuntimeProcess:

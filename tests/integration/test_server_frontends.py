@@ -24,27 +24,12 @@ from tests.runtime_process import (
     TEXT_ENCODERS,
     RuntimeProcess,
     StartRuntime,
+    child_processes,
+    process_command,
+    process_stat,
 )
 
 CONFIG: dict[str, Any] = {"server": {"device": "cpu", "frontends": 3}}
-
-
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _command(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
 def _alive(pid: int) -> bool:
@@ -52,7 +37,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return process_stat(pid)[0] != "Z"
 
 
 def _wait_gone(pids: list[int], within: float) -> list[int]:
@@ -75,7 +60,7 @@ def test_requests_over_fresh_connections_are_answered_and_counted_once(
     start_runtime: StartRuntime,
 ) -> None:
     runtime = start_runtime(CONFIG, engine=FAKE_ENGINE)
-    children = _children(runtime.process.pid)
+    children = child_processes(runtime.process.pid)
     assert len(children) == 4, "one engine and three front-end processes"
     for i in range(30):
         with httpx.Client(base_url=runtime.url, timeout=30) as client:
@@ -117,8 +102,8 @@ def test_an_engine_that_cannot_start_stops_the_pod_with_its_reason(tmp_path: Pat
 @pytest.mark.parametrize("role", ["engine", "frontend"])
 def test_a_crashed_child_takes_the_pod_down(start_runtime: StartRuntime, role: str) -> None:
     runtime = start_runtime(CONFIG, engine=FAKE_ENGINE)
-    children = _children(runtime.process.pid)
-    crashing = [pid for pid in children if _command(pid)[3:4] == [role]]
+    children = child_processes(runtime.process.pid)
+    crashing = [pid for pid in children if process_command(pid)[3:4] == [role]]
     assert len(crashing) == (1 if role == "engine" else CONFIG["server"]["frontends"])
     os.kill(crashing[0], signal.SIGKILL)
     assert runtime.process.wait(timeout=30) != 0
@@ -129,7 +114,7 @@ def test_a_crashed_child_takes_the_pod_down(start_runtime: StartRuntime, role: s
 
 def test_children_of_a_killed_supervisor_stop_by_themselves(start_runtime: StartRuntime) -> None:
     runtime: RuntimeProcess = start_runtime(CONFIG, engine=FAKE_ENGINE)
-    children = _children(runtime.process.pid)
+    children = child_processes(runtime.process.pid)
     assert len(children) == 4
     runtime.process.kill()
     runtime.process.wait()
