@@ -223,14 +223,12 @@ class GraphedForward:
             self._forward(input_ids, lengths, self._build_metadata(lengths, length))
         torch.cuda.current_stream(self._device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        if metadata_in_graph:
-            with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
-                output = self._forward(input_ids, lengths, self._build_metadata(lengths, length))
-            return _Graph(graph, input_ids, lengths, output, metadata=None)
-        metadata = self._build_metadata(lengths, length)
+        static = None if metadata_in_graph else self._build_metadata(lengths, length)
         with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
+            metadata = self._build_metadata(lengths, length) if static is None else static
             output = self._forward(input_ids, lengths, metadata)
-        return _Graph(graph, input_ids, lengths, output, metadata=metadata_tensors(metadata))
+        refreshed = None if static is None else metadata_tensors(static)
+        return _Graph(graph, input_ids, lengths, output, metadata=refreshed)
 
     def run(self, ids: Sequence[Sequence[int]]) -> Tensor | None:
         """float32 embeddings [len(ids), hidden] on the device from the bucket's graph, or None
