@@ -114,8 +114,7 @@ class EngineClient:
         """Send one request; its reply's value, or its error raised, within `seconds` (the
         engine's own limit for the work) plus `grace`. Requests made in one turn of the event
         loop leave as one message."""
-        transport = self._connection.transport if self._connection is not None else None
-        if transport is None or transport.is_closing():
+        if self._transport() is None:
             raise EngineUnavailableError("not connected to the engine process")
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -128,10 +127,14 @@ class EngineClient:
         finally:
             self._waiting.pop(request_id, None)
 
+    def _transport(self) -> asyncio.WriteTransport | None:
+        """The engine connection's transport while it is open, else None."""
+        transport = self._connection.transport if self._connection is not None else None
+        return None if transport is None or transport.is_closing() else transport
+
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        transport = self._connection.transport if self._connection is not None else None
-        if transport is not None and not transport.is_closing():
+        if (transport := self._transport()) is not None:
             write_message(transport, outbox)
 
     def _received(self, _: MessageProtocol, replies: list[tuple[int, str, object]]) -> None:

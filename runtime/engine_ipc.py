@@ -2,8 +2,8 @@
 
 A Unix stream socket per front-end; on it, messages are pickled (protocol 5) with the bytes of
 large tensors and arrays carried as out-of-band frames, so a 2 MB attention tensor crosses
-without being copied into the pickle. A message on the socket is its frame count (u32), each frame's length
-(u64), then the frames. Both ends are processes of the same pod started by the same supervisor;
+without being copied into the pickle. A message on the socket is its frame count (u32), each
+frame's length (u64), then the frames. Both ends are processes of the same pod started by the same supervisor;
 the socket lives in a directory only the pod's user can open, so unpickling trusts the peer as
 it trusts its own code. (ZeroMQ was measured first: a round trip cost 144 us of CPU against
 15 us on a plain socket with uvloop.)
@@ -142,9 +142,9 @@ which the socket writes straight into the frame's own buffer."""
 
 class MessageProtocol(asyncio.BufferedProtocol):
     """One end of a connection: `on_made` is called once it is up, each message read goes to
-    `on_message`, and `on_lost` is called once when it ends (with the error, if any). Small reads go through a staging
-    buffer; a large frame (an attention tensor) is received straight into a bytearray of its
-    size, which the unpickled tensor then uses without another copy."""
+    `on_message`, and `on_lost` is called once when it ends (with the error, if any). Small
+    reads go through a staging buffer; a large frame (an attention tensor) is received straight
+    into a bytearray of its size, which the unpickled tensor then uses without another copy."""
 
     def __init__(
         self,
