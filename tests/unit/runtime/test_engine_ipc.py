@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from sas_runtime.batcher import (
+    Batcher,
     BatcherClosedError,
     DeadlineExceededError,
     QueueFullError,
@@ -196,12 +197,16 @@ def socket_path() -> Iterator[str]:
 
 
 class _Pair:
-    """An EngineServer serving a FakeEngine and an EngineClient connected to it."""
+    """An EngineServer serving a FakeEngine and an EngineClient connected to it; setting
+    `stop` stops the server."""
 
-    def __init__(self, server: EngineServer, client: EngineClient, engine: FakeEngine) -> None:
+    def __init__(
+        self, server: EngineServer, client: EngineClient, engine: FakeEngine, stop: asyncio.Event
+    ) -> None:
         self.server = server
         self.client = client
         self.engine = engine
+        self.stop = stop
 
 
 def _config(**batching: int) -> RuntimeConfig:
@@ -218,7 +223,7 @@ async def _serve(address: str, engine: FakeEngine, config: RuntimeConfig) -> Asy
     client = EngineClient(address)
     await asyncio.wait_for(client.start(), 10)
     try:
-        yield _Pair(server, client, engine)
+        yield _Pair(server, client, engine, stop)
     finally:
         await client.stop()
         stop.set()
@@ -362,25 +367,27 @@ async def test_a_vanished_engine_fails_what_waits_and_stops_the_front_end(
             gate.set()
 
 
+async def _until_pending(batcher: Batcher, count: int) -> None:
+    await eventually(lambda: batcher.pending == count)
+
+
 async def test_work_queued_when_the_engine_stops_is_answered_closed(socket_path: str) -> None:
     gate = threading.Event()
-    server = EngineServer(_config(maxBatchSize=1), FakeEngine(gate=gate), socket_path)
-    stop = asyncio.Event()
-    serving = asyncio.create_task(server.serve(stop))
-    client = EngineClient(socket_path)
-    await asyncio.wait_for(client.start(), 10)
-    try:
+    async for served in _serve(socket_path, FakeEngine(gate=gate), _config(maxBatchSize=1)):
+        client, batcher = served.client, served.server.batcher
         running = asyncio.create_task(client.embed([EncodedText((1, 5, 2))], deadline=_deadline()))
-        await eventually(lambda: server.batcher.pending == 1)
-        queued = asyncio.create_task(client.embed([EncodedText((1, 6, 2))], deadline=_deadline()))
-        await eventually(lambda: server.batcher.pending == 2)
-        stop.set()
-        with pytest.raises(BatcherClosedError):
-            await queued
-    finally:
-        gate.set()
-        await asyncio.gather(serving, running, return_exceptions=True)
-        await client.stop()
+        try:
+            await _until_pending(batcher, 1)
+            queued = asyncio.create_task(
+                client.embed([EncodedText((1, 6, 2))], deadline=_deadline())
+            )
+            await _until_pending(batcher, 2)
+            served.stop.set()
+            with pytest.raises(BatcherClosedError):
+                await queued
+        finally:
+            gate.set()
+            await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_a_stopped_client_refuses_and_fails_what_waits(pair: _Pair) -> None:
