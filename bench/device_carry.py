@@ -40,8 +40,9 @@ DEVICE_MISSING = (
     "httptools",
     "orjson",
     "nvtx",
+    "py-spy",
 )
-"""Packages the runtime and benchmarks import that the device image does not hold (or holds in
+"""Packages the runtime and benchmarks import (or, py-spy, run) that the device image does not hold (or holds in
 another version)."""
 
 _PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu_info import gpu_and_driver
 from bench.serve_cpu import (
@@ -115,13 +116,17 @@ def _request_factory(workload: str) -> RequestFactory:
 
 def _load_process(
     job: tuple[str, str, int, float, float, int],
-) -> tuple[list[float], dict[str, int]]:
+) -> tuple[list[float], dict[str, int], float]:
+    """One load process's latencies and statuses, and the share of a core it was busy (when
+    near 1, the load generator, not the server, set the pace)."""
     url, workload, clients, seconds, warmup, seed = job
     request = _request_factory(workload)
+    cpu, wall = time.process_time(), time.perf_counter()
     latencies, statuses = asyncio.run(
         collect(url, clients=clients, seconds=seconds, warmup=warmup, request=request, seed=seed)
     )
-    return latencies, dict(statuses)
+    busy = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    return latencies, dict(statuses), busy
 
 
 class GpuSampler:
@@ -176,10 +181,62 @@ def _cpu_by_role(pids: list[int]) -> dict[str, float]:
     return seconds
 
 
+_STAGE_HISTOGRAMS = {
+    "sas_request_duration_seconds": "server",
+    "sas_queue_wait_seconds": "queue_wait",
+    "sas_engine_duration_seconds": "engine",
+    "sas_batch_size": "batch_size",
+}
+"""Our histograms whose means over a point split its latency: server (a request's time inside
+our front-end, from its headers to its response), queue_wait (per unit of work), engine (per
+batch), batch_size (units per batch)."""
+
+
+def histogram_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each stage histogram in a /metrics text, summed over its labels (less
+    the scrapes of /metrics itself)."""
+    totals: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        stage = _STAGE_HISTOGRAMS.get(family.name)
+        if stage is None:
+            continue
+        total = count = 0.0
+        for sample in family.samples:
+            if sample.labels.get("endpoint") == "/metrics":
+                continue
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+        totals[stage] = (total, count)
+    return totals
+
+
+def _scrape_stages(url: str) -> dict[str, tuple[float, float]]:
+    return histogram_totals(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def stage_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Each stage's mean between two `histogram_totals` (milliseconds; batch_size in units)."""
+    means = {}
+    for stage, (total, count) in after.items():
+        previous_total, previous_count = before.get(stage, (0.0, 0.0))
+        if count > previous_count:
+            mean = (total - previous_total) / (count - previous_count)
+            means[stage if stage == "batch_size" else f"{stage}_ms"] = (
+                mean if stage == "batch_size" else 1000 * mean
+            )
+    return means
+
+
 @dataclass
 class Point:
     """One (server, workload, clients) measurement. cpu_us_per_request: CPU microseconds per
-    answered request by role of our server's processes (None for the naive server)."""
+    answered request by role of our server's processes; stages: means of our latency stages
+    over the measured window (`stage_means`) (both None for the naive server); load_cpu_busy:
+    mean and max share of a core the load processes were busy."""
 
     server: str
     workload: str
@@ -192,6 +249,8 @@ class Point:
     statuses: dict[str, int]
     gpu: dict[str, float | None]
     cpu_us_per_request: dict[str, float] | None = None
+    stages: dict[str, float] | None = None
+    load_cpu_busy: dict[str, float] | None = None
 
 
 def measure(
@@ -215,15 +274,21 @@ def measure(
         pending = pool.map_async(_load_process, jobs)
         # The server's CPU is read over the measured window only, as the requests are counted.
         time.sleep(args.warmup)
+        profiles = _start_profiles(pids, f"{server}-{workload}-{clients}", args)
         before = _cpu_by_role(pids)
+        histograms_before = _scrape_stages(url) if pids else {}
         time.sleep(args.seconds)
         cpu = {role: spent - before.get(role, 0.0) for role, spent in _cpu_by_role(pids).items()}
+        stages = stage_means(histograms_before, _scrape_stages(url)) if pids else None
         outcomes = pending.get()
+        for profile in profiles:
+            profile.wait()
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
-    for part, counts in outcomes:
+    for part, counts, _ in outcomes:
         latencies += part
         statuses.update(counts)
+    load_busy = [busy for _, _, busy in outcomes]
     result = summarize(server, clients, args.seconds, latencies, statuses)
     answered = sum(statuses.values())
     point = Point(
@@ -240,15 +305,47 @@ def measure(
         cpu_us_per_request={role: 1e6 * spent / answered for role, spent in cpu.items()}
         if pids and answered
         else None,
+        stages=stages,
+        load_cpu_busy={"mean": sum(load_busy) / len(load_busy), "max": max(load_busy)},
     )
     print(
         f"{server:>22} {workload:>13} {clients:4d} clients: {point.throughput_rps:9.1f} req/s  "
         f"P50 {point.p50_ms:8.2f} ms  P99 {point.p99_ms:8.2f} ms  "
         f"GPU {point.gpu['gpu_util_mean']}%  {point.statuses}  CPU us/request "
-        f"{ {role: round(us) for role, us in (point.cpu_us_per_request or {}).items()} }",
+        f"{ {role: round(us) for role, us in (point.cpu_us_per_request or {}).items()} }  "
+        f"stages { {stage: round(value, 3) for stage, value in (stages or {}).items()} }  "
+        f"load CPU max {max(load_busy):.2f}",
         flush=True,
     )
     return point
+
+
+def _start_profiles(
+    pids: list[int], point: str, args: argparse.Namespace
+) -> list[subprocess.Popen[bytes]]:
+    """With --py-spy DIR and `point` among --py-spy-points: py-spy sampling the engine process
+    and one front-end (or the one server process) over the measured window, as collapsed stacks
+    (one file per process under DIR)."""
+    if not args.py_spy or point not in args.py_spy_points:
+        return []
+    Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+    chosen: dict[str, int] = {}
+    for pid in pids:
+        command = process_command(pid)
+        role = next((a for a in command if a in ("engine", "frontend")), "server")
+        chosen.setdefault(role, pid)
+    return [
+        subprocess.Popen(
+            [
+                *("py-spy", "record", "--pid", str(pid), "--rate", "1000", "--nonblocking"),
+                *("--duration", str(max(1, round(args.seconds))), "--format", "raw"),
+                *("--output", str(Path(args.py_spy) / f"{point}-{role}.txt")),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        for role, pid in chosen.items()
+        if role != "server" or len(chosen) == 1
+    ]
 
 
 def runtime_config(*, backend: str, graphs: bool, frontends: int) -> dict[str, Any]:
@@ -270,6 +367,48 @@ def runtime_config(*, backend: str, graphs: bool, frontends: int) -> dict[str, A
             "frontends": frontends,
         },
     }
+
+
+def engine_floor(
+    sentence_batches: tuple[int, ...] = (1, 64), calls: int = 300
+) -> list[dict[str, Any]]:
+    """Our engine alone, in this process (no HTTP, no batcher): the time of one `embed` call of
+    short sentences, CUDA graphs on and off; what a served request cannot go below."""
+    import torch
+
+    from sas_runtime.config import RuntimeConfig
+    from sas_runtime.model_engine import build_engine
+
+    rows = []
+    for graphs in (True, False):
+        config = runtime_config(backend="auto", graphs=graphs, frontends=1)
+        engine = build_engine(RuntimeConfig.model_validate(config))
+        engine.warmup()
+        rng = random.Random(3)
+        for batch in sentence_batches:
+            texts = [engine.encode([rng.choice(SENTENCES)])[0] for _ in range(batch)]
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                engine.embed(texts)
+                times.append(time.perf_counter() - started)
+            times.sort()
+            row = {
+                "graphs": graphs,
+                "batch": batch,
+                "p50_ms": 1000 * times[len(times) // 2],
+                "min_ms": 1000 * times[0],
+                "calls": calls,
+            }
+            print(
+                f"engine alone, graphs {'on ' if graphs else 'off'} batch {batch:3d}: "
+                f"P50 {row['p50_ms']:.3f} ms, min {row['min_ms']:.3f} ms",
+                flush=True,
+            )
+            rows.append(row)
+        del engine
+        torch.cuda.empty_cache()
+    return rows
 
 
 def run_ours(
@@ -432,19 +571,36 @@ def main() -> int:
     )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
+        "--skip-engine-floor",
+        action="store_true",
+        help="skip timing our engine alone in this process (graphs on and off)",
+    )
+    parser.add_argument(
         "--skip-graphs-off",
         action="store_true",
         help="skip ours with graphs off and the dense backend (no graphs/eager, sparse/dense)",
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        help="record py-spy profiles of our processes into DIR at --py-spy-points",
+    )
+    parser.add_argument(
+        "--py-spy-points",
+        default="ours-short-1,ours-short-64",
+        help="SERVER-WORKLOAD-CLIENTS points to profile (default ours-short-1,ours-short-64)",
     )
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     args.attention_clients = [int(c) for c in args.attention_clients.split(",")]
+    args.py_spy_points = set(args.py_spy_points.split(","))
     one_process_clients = [int(c) for c in args.one_process_clients.split(",") if c]
     machine = _machine()
     embeddings = ["short", "passage"]
     attention = list(ATTENTION_SHAPES)
     servers: dict[str, Any] = {}
+    floor = [] if args.skip_engine_floor else engine_floor()
     points = [] if args.skip_naive else run_naive(embeddings, args)
     # (server, config, workloads, client counts (None: --clients), whether it runs)
     ours_runs: list[tuple[str, dict[str, Any], list[str], list[int] | None, bool]] = [
@@ -504,6 +660,7 @@ def main() -> int:
             },
         },
         "servers": servers,
+        "engine_floor": floor,
         "results": [asdict(point) for point in points],
         "ratios": ratio,
         "targets": met,

@@ -101,7 +101,10 @@ class Batcher:
 
     Requests enter through `embed` / `attend`, which wait for the result (or raise
     RateLimitedError, QueueFullError, DeadlineExceededError, BatcherClosedError, or the engine's
-    ValueError for input it cannot take). Each request takes a token from `rate_limit` first. Queue depth counts admitted requests not yet answered. A batch holds
+    ValueError for input it cannot take). Each request takes a token from `rate_limit` first.
+    Queue depth counts admitted requests not yet answered. Once work is queued the batcher
+    waits up to `windowMicroseconds` for more (unless a batch is full already, or the queued
+    request is the only one admitted: then nothing else can join it soon). A batch holds
     work of one group only (embeddings of one sequence bucket, or attention problems of one
     shape), at most `maxBatchSize` units and `maxTokens` padded tokens (a single larger unit
     still runs alone). The group with the earliest deadline goes first.
@@ -282,7 +285,9 @@ class Batcher:
             while not self._queued:
                 self._arrived.clear()
                 await self._arrived.wait()
-            if self._window > 0 and self._queued < self._max_batch:
+            # Waiting for company pays only while other requests are in flight: a request
+            # that finds the pod otherwise idle runs at once.
+            if self._window > 0 and self._queued < self._max_batch and self._pending > 1:
                 await self._gather()
             with nvtx.annotate("sas.batch.assemble", domain="sas"):
                 batch = self._take_batch(loop.time())

@@ -197,3 +197,22 @@ async def test_metrics_count_batches_tokens_and_queue_depth() -> None:
     assert sample("sas_queue_wait_seconds_count", {"kind": "embed"}) == 2
     assert sample("sas_queue_depth") == 0
     assert engine.warmed
+
+
+async def test_a_lone_request_does_not_wait_for_the_window() -> None:
+    engine = FakeEngine()
+    async with running(engine, window_microseconds=500_000) as batcher:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await batcher.embed(engine.encode(["alone"]), deadline=_deadline())
+        alone = loop.time() - started
+        started = loop.time()
+        await asyncio.gather(
+            *(
+                batcher.embed(engine.encode([f"together {i}"]), deadline=_deadline())
+                for i in range(2)
+            )
+        )
+        together = loop.time() - started
+    assert alone < 0.25 <= together  # two admitted at once wait for the 0.5 s window
+    assert engine.batches == [("embed", 1), ("embed", 2)]

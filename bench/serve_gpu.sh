@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU serving run on the device machine: installs the carried wheels, builds the kernels,
+# runs the CUDA-graph and model-engine GPU tests, then `python -m bench.serve_gpu ARGS` with
+# py-spy profiles of our processes; the result JSON, the build log's end on failure and the
+# profiles (one tarball) land under OUT.
+#
+#   bash bench/serve_gpu.sh [serve_gpu args...]
+#
+# Needs .whl/ and .carry/ in the repository root (`python -m bench.device_carry` prepares both;
+# name both in the device call's carry).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/serve-gpu}
+started=$(date +%s)
+say() { echo "[t=$(($(date +%s) - started))s] $*"; }
+
+mkdir -p "$out" /tmp/site /tmp/links /tmp/cutlass /tmp/py-spy
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site "$repo"/.whl/*.whl
+ln -sfn "$repo/runtime" /tmp/links/sas_runtime
+tar -xJf "$repo/.carry/cutlass-include.tar.xz" -C /tmp/cutlass
+export PYTHONPATH=/tmp/site:/tmp/links:$repo/.carry/model:$repo PATH=/tmp/site/bin:$PATH
+export HF_HUB_OFFLINE=1 SAS_CUTLASS_INCLUDE=/tmp/cutlass/include
+nvidia-smi --query-gpu=name,driver_version,clocks.current.sm,temperature.gpu,power.draw \
+  --format=csv
+
+say "kernel build"
+if ! MAX_JOBS=16 python3 -m sas_runtime.kernels.build --out /tmp/kernels >/tmp/build.log 2>&1; then
+  tail -40 /tmp/build.log
+  exit 1
+fi
+export SAS_KERNEL_LIBRARY=/tmp/kernels/sas_kernels.so
+
+say "gpu tests (graphs, model engine)"
+(cd "$repo" && python3 -m pytest -q -x -p no:cacheprovider \
+  tests/gpu/test_cuda_graphs_gpu.py tests/gpu/test_model_engine_gpu.py 2>&1 | tail -3)
+
+say "serve_gpu $*"
+(cd "$repo" && python3 -m bench.serve_gpu --out "$out" --py-spy /tmp/py-spy "$@")
+tar czf "$out/py-spy.tgz" -C /tmp/py-spy .
+say done
