@@ -600,7 +600,11 @@ def main() -> int:
     embeddings = ["short", "passage"]
     attention = list(ATTENTION_SHAPES)
     servers: dict[str, Any] = {}
-    floor = [] if args.skip_engine_floor else engine_floor()
+    # In a process of its own: CUDA must not start in this one, which forks the load processes.
+    floor: list[dict[str, Any]] = []
+    if not args.skip_engine_floor:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            floor = pool.apply(engine_floor)
     points = [] if args.skip_naive else run_naive(embeddings, args)
     # (server, config, workloads, client counts (None: --clients), whether it runs)
     ours_runs: list[tuple[str, dict[str, Any], list[str], list[int] | None, bool]] = [
