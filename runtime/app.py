@@ -67,6 +67,8 @@ __all__ = [
 logger = logging.getLogger("sas_runtime")
 
 _WORK_PATHS = frozenset({"/v1/embeddings", "/v1/attention"})
+_BODY_SCOPE_KEY = "sas.body"
+"""Where the admission middleware leaves a work request's body in the ASGI scope."""
 _ENDPOINTS = frozenset(
     {*_WORK_PATHS, "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json"}
 )
@@ -241,6 +243,7 @@ class _AdmissionMiddleware:
                     self.state.enter()
                     entered = True
                     receive, body, rejection = await self._read_body(scope, receive)
+                    scope[_BODY_SCOPE_KEY] = body
                     if rejection is None and path == "/v1/embeddings" and scope["method"] == "POST":
                         request = _plain_embeddings_request(scope, body)
                         if request is not None:
@@ -590,7 +593,9 @@ def _add_routes(app: FastAPI, state: ServingState) -> None:
     )
     async def attention(request: Request, timeout_ms: _TimeoutHeader = None) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await request.body()
+        # The body the admission middleware read (Request.body() would join it with an empty
+        # chunk: one more copy of a 6 MB body).
+        body: bytes = request.scope[_BODY_SCOPE_KEY]
         limit = config.server.max_attention_elements
         try:
             if media_type in _SAFETENSORS_TYPES:
