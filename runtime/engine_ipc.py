@@ -74,8 +74,8 @@ def _tensor_from_bytes(
     if not len(data):
         return torch.empty(shape, dtype=torch_dtype)
     array = np.frombuffer(data, dtype=np.uint8)
-    # A frame read off the socket is a bytearray of its own: the tensor takes it over. The
-    # bytes of a small tensor pickled in-band are read-only: those are copied.
+    # A frame read off the socket is a buffer of its own: the tensor takes it over. The bytes
+    # of a small tensor pickled in-band are read-only: those are copied.
     raw = torch.from_numpy(array if array.flags.writeable else array.copy())
     return raw.view(torch_dtype).reshape(shape)
 
@@ -144,7 +144,8 @@ class MessageProtocol(asyncio.BufferedProtocol):
     """One end of a connection: `on_made` is called once it is up, each message read goes to
     `on_message`, and `on_lost` is called once when it ends (with the error, if any). Small
     reads go through a staging buffer; a large frame (an attention tensor) is received straight
-    into a bytearray of its size, which the unpickled tensor then uses without another copy."""
+    into an uninitialised array of its size, which the unpickled tensor then uses without
+    another copy."""
 
     def __init__(
         self,
@@ -163,11 +164,15 @@ class MessageProtocol(asyncio.BufferedProtocol):
     def _begin_message(self) -> None:
         self._stage: Literal["count", "lengths", "frames"] = "count"
         self._lengths: list[int] = []
-        self._frames: list[bytearray] = []
+        self._frames: list[bytearray | memoryview] = []
         self._expect(_COUNT.size)
 
     def _expect(self, size: int) -> None:
-        self._target = bytearray(size)
+        # A large frame is written whole by the socket: it needs no zeroing first (bytearray
+        # zero-fills, 50 us of a 2 MB frame's 180 us here).
+        self._target: bytearray | memoryview = (
+            np.empty(size, dtype=np.uint8).data if size >= _STAGING_BYTES else bytearray(size)
+        )
         self._filled = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
