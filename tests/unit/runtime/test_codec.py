@@ -196,3 +196,20 @@ def test_all_finite_passes_the_largest_values_and_integers() -> None:
             torch.tensor([torch.finfo(dtype).max, torch.finfo(dtype).min], dtype=dtype)
         )
     assert all_finite(torch.arange(10, dtype=torch.int32))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exponent"), [(torch.bfloat16, 0x7F80), (torch.float16, 0x7C00)], ids=["bf16", "fp16"]
+)
+def test_all_finite_draws_the_line_at_the_all_ones_exponent(
+    dtype: torch.dtype, exponent: int
+) -> None:
+    def of_bits(*patterns: int) -> torch.Tensor:
+        return torch.tensor(patterns, dtype=torch.int32).to(torch.int16).view(dtype)
+
+    largest, sign = exponent - 1, 0x8000
+    assert all_finite(of_bits(0, sign, 1, largest, largest | sign))
+    for bad in (exponent, exponent | sign, exponent + 1, 0x7FFF, 0xFFFF):
+        assert not all_finite(of_bits(0, bad)), hex(bad)
+    assert torch.isfinite(of_bits(largest, largest | sign).float()).all()
+    assert not torch.isfinite(of_bits(exponent, exponent + 1).float()).any()
