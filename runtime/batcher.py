@@ -103,8 +103,9 @@ class Batcher:
     RateLimitedError, QueueFullError, DeadlineExceededError, BatcherClosedError, or the engine's
     ValueError for input it cannot take). Each request takes a token from `rate_limit` first.
     Queue depth counts admitted requests not yet answered. Once work is queued the batcher
-    waits up to `windowMicroseconds` for more (unless a batch is full already, or the queued
-    request is the only one admitted: then nothing else can join it soon). A batch holds
+    waits up to `windowMicroseconds` for more, unless a batch is full already or a single
+    request has arrived since the last batch was taken (traffic that sparse brings no company
+    within the window). A batch holds
     work of one group only (embeddings of one sequence bucket, or attention problems of one
     shape), at most `maxBatchSize` units and `maxTokens` padded tokens (a single larger unit
     still runs alone). The group with the earliest deadline goes first.
@@ -130,6 +131,8 @@ class Batcher:
         self._sequence = itertools.count()
         self._queued = 0
         self._pending = 0
+        self._arrivals = 0
+        self._arrivals_taken = 0
         self._depth_due = False
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -247,6 +250,7 @@ class Batcher:
             self._publish_depth()
 
         self._pending += 1
+        self._arrivals += 1
         self._publish_depth()
         for index, job in enumerate(jobs):
             job.enqueued = now
@@ -285,10 +289,12 @@ class Batcher:
             while not self._queued:
                 self._arrived.clear()
                 await self._arrived.wait()
-            # Waiting for company pays only while other requests are in flight: a request
-            # that finds the pod otherwise idle runs at once.
-            if self._window > 0 and self._queued < self._max_batch and self._pending > 1:
+            # Waiting for company pays only while requests keep coming: one that arrived alone
+            # since the last batch was taken runs at once.
+            arrived = self._arrivals - self._arrivals_taken
+            if self._window > 0 and self._queued < self._max_batch and arrived > 1:
                 await self._gather()
+            self._arrivals_taken = self._arrivals
             with nvtx.annotate("sas.batch.assemble", domain="sas"):
                 batch = self._take_batch(loop.time())
             if batch:

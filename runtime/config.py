@@ -299,7 +299,7 @@ class BatchingConfig(SpecModel):
 
     window_microseconds: Annotated[int, Field(ge=0, le=1_000_000)] = 150
     """How long the batcher waits for more requests after the first one, in microseconds (a
-    request that arrives while no other is queued or running runs at once)."""
+    request that is the only arrival since the previous batch started runs at once)."""
 
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
     """Most requests (texts) in one forward pass."""

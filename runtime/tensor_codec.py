@@ -142,6 +142,8 @@ def all_finite(tensor: torch.Tensor) -> bool:
     if tensor.device.type != "cpu":
         return bool(torch.isfinite(tensor).all())
     flat = tensor.detach().contiguous().reshape(-1)
+    if not flat.numel():
+        return True
     exponent = _EXPONENT_BITS.get(flat.dtype)
     if exponent is None:
         return bool(np.isfinite(flat.numpy()).all()) if flat.is_floating_point() else True

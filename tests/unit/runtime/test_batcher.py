@@ -216,3 +216,19 @@ async def test_a_lone_request_does_not_wait_for_the_window() -> None:
         together = loop.time() - started
     assert alone < 0.25 <= together  # two admitted at once wait for the 0.5 s window
     assert engine.batches == [("embed", 1), ("embed", 2)]
+
+
+async def test_a_request_queued_alone_behind_a_batch_does_not_wait_for_the_window() -> None:
+    engine = FakeEngine(gate=threading.Event())
+    async with running(engine, window_microseconds=500_000) as batcher:
+        loop = asyncio.get_running_loop()
+        first = asyncio.create_task(batcher.embed(engine.encode(["first"]), deadline=_deadline()))
+        await eventually(lambda: bool(engine.batches))
+        second = asyncio.create_task(batcher.embed(engine.encode(["second"]), deadline=_deadline()))
+        await eventually(lambda: batcher.pending == 2)
+        released = loop.time()
+        assert engine.gate is not None
+        engine.gate.set()
+        await asyncio.gather(first, second)
+        assert loop.time() - released < 0.25
+    assert engine.batches == [("embed", 1), ("embed", 1)]

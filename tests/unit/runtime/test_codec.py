@@ -211,5 +211,4 @@ def test_all_finite_draws_the_line_at_the_all_ones_exponent(
     assert all_finite(of_bits(0, sign, 1, largest, largest | sign))
     for bad in (exponent, exponent | sign, exponent + 1, 0x7FFF, 0xFFFF):
         assert not all_finite(of_bits(0, bad)), hex(bad)
-    assert torch.isfinite(of_bits(largest, largest | sign).float()).all()
-    assert not torch.isfinite(of_bits(exponent, exponent + 1).float()).any()
+    assert all_finite(torch.empty(0, dtype=dtype))
