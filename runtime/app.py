@@ -211,6 +211,16 @@ class ServingState:
         return asyncio.get_running_loop().time() + ms / 1000
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: `path` less the `root_path` the app is mounted at (a
+    server started with a root path puts it in front of every request's path)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
 class _AdmissionMiddleware:
     """Before any route: bearer auth on /v1, readiness on work endpoints, the body-size limit;
     around every request: latency and status metrics. (The rate limit is the batcher's, so
@@ -224,7 +234,7 @@ class _AdmissionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
+        path = _route_path(scope)
         endpoint = path if path in _ENDPOINTS else "other"
         started = time.perf_counter()
         status = 500

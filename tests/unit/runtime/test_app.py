@@ -264,6 +264,33 @@ async def test_bearer_token_guards_the_api_only(fake_engine: FakeEngine, tmp_pat
     assert probe.status_code == 200
 
 
+async def test_a_root_path_does_not_bypass_admission(
+    fake_engine: FakeEngine, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    config = RuntimeConfig.model_validate({"server": {"authTokenFile": str(token_file)}})
+    app = create_app(config, fake_engine)
+    q = torch.rand(1, 2, 4, 8)
+    body = safetensors.torch.save({"q": q, "k": q.clone(), "v": q.clone()})
+    octets = {"content-type": "application/octet-stream"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, root_path="/mounted")
+        async with httpx.AsyncClient(transport=transport, base_url="http://runtime") as client:
+            refused = await client.post("/mounted/v1/attention", content=body, headers=octets)
+            answered = await client.post(
+                "/mounted/v1/attention",
+                content=body,
+                headers={**octets, "authorization": "Bearer s3cret"},
+            )
+    _error(refused, 401)
+    assert answered.status_code == 200, answered.text
+    torch.testing.assert_close(
+        safetensors.torch.load(answered.content)["output"],
+        torch.nn.functional.scaled_dot_product_attention(q, q, q),
+    )
+
+
 async def test_rate_limit_answers_429_with_retry_after(fake_engine: FakeEngine) -> None:
     async with serving(fake_engine, rateLimit={"requestsPerSecond": 1, "burst": 2}) as (client, _):
         statuses = [(await client.post("/v1/embeddings", json=_embed("x"))) for _ in range(3)]
