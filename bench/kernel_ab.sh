@@ -11,7 +11,7 @@ set -euo pipefail
 patch_file=$(realpath "$1")
 masks=${2:-window-1024,global-window,causal,random-0.1}
 seq_lens=${3:-4096,16384,32768}
-out=${OUT:-/tmp/kernel-ab}
+out=$(realpath -m "${OUT:-/tmp/kernel-ab}")
 name=$(basename "$patch_file" .patch)
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -39,7 +39,7 @@ say "kernel GPU tests on the variant"
   PYTHONUNBUFFERED=1 timeout -s KILL 150 python3 -m pytest -v -x -p no:cacheprovider \
   tests/gpu/test_block_sparse_attention.py | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
   | tee "$out/$name-tests.txt" | tail -5) || true
-grep -qE "[0-9]+ passed" "$out/$name-tests.txt" && ! grep -qE "[0-9]+ failed" "$out/$name-tests.txt" \
+grep -qE "[0-9]+ passed" "$out/$name-tests.txt" && ! grep -qE "[0-9]+ (failed|errors?)\b" "$out/$name-tests.txt" \
   || { say "variant tests failed or hung: no benchmark"; exit 1; }
 
 for pass in 1 2; do

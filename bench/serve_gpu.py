@@ -236,7 +236,8 @@ class Point:
     """One (server, workload, clients) measurement. cpu_us_per_request: CPU microseconds per
     answered request by role of our server's processes; stages: means of our latency stages
     over the measured window (`stage_means`) (both None for the naive server); load_cpu_busy:
-    mean and max share of a core the load processes were busy."""
+    mean and max share of a core the load processes were busy; profiled: py-spy sampled our
+    processes during the point (two 1 kHz samplers on the same machine)."""
 
     server: str
     workload: str
@@ -251,6 +252,7 @@ class Point:
     cpu_us_per_request: dict[str, float] | None = None
     stages: dict[str, float] | None = None
     load_cpu_busy: dict[str, float] | None = None
+    profiled: bool = False
 
 
 def measure(
@@ -282,7 +284,8 @@ def measure(
         stages = stage_means(histograms_before, _scrape_stages(url)) if pids else None
         outcomes = pending.get()
         for profile in profiles:
-            profile.wait()
+            if profile.wait():
+                print(f"py-spy failed: {profile.args!r}", file=sys.stderr)
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     for part, counts, _ in outcomes:
@@ -307,6 +310,7 @@ def measure(
         else None,
         stages=stages,
         load_cpu_busy={"mean": sum(load_busy) / len(load_busy), "max": max(load_busy)},
+        profiled=bool(profiles),
     )
     print(
         f"{server:>22} {workload:>13} {clients:4d} clients: {point.throughput_rps:9.1f} req/s  "
@@ -372,8 +376,9 @@ def runtime_config(*, backend: str, graphs: bool, frontends: int) -> dict[str, A
 def engine_floor(
     sentence_batches: tuple[int, ...] = (1, 64), calls: int = 300
 ) -> list[dict[str, Any]]:
-    """Our engine alone, in this process (no HTTP, no batcher): the time of one `embed` call of
-    short sentences, CUDA graphs on and off; what a served request cannot go below."""
+    """Our engine alone (no HTTP, no batcher; `main` runs this in a process of its own): the time
+    of one `embed` call of short sentences, CUDA graphs on and off; what a served request cannot
+    go below."""
     import torch
 
     from sas_runtime.config import RuntimeConfig
@@ -573,7 +578,7 @@ def main() -> int:
     parser.add_argument(
         "--skip-engine-floor",
         action="store_true",
-        help="skip timing our engine alone in this process (graphs on and off)",
+        help="skip timing our engine alone (graphs on and off)",
     )
     parser.add_argument(
         "--skip-graphs-off",

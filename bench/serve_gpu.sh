@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU serving run on the device machine: installs the carried wheels, builds the kernels,
-# runs the CUDA-graph and model-engine GPU tests, then `python -m bench.serve_gpu ARGS` with
-# py-spy profiles of our processes; the result JSON, the build log's end on failure and the
-# profiles (one tarball) land under OUT.
+# runs the CUDA-graph and model-engine GPU tests, then `python -m bench.serve_gpu ARGS`. The
+# result JSON lands under OUT; a failed build prints the end of its log. With PY_SPY=1, py-spy
+# samples our processes at the bench's --py-spy-points (marked `profiled` in the JSON) and the
+# profiles land under OUT as one tarball.
 #
-#   [SKIP_GPU_TESTS=1] bash bench/serve_gpu.sh [serve_gpu args...]
+#   [SKIP_GPU_TESTS=1] [PY_SPY=1] bash bench/serve_gpu.sh [serve_gpu args...]
 #
 # Needs .whl/ and .carry/ in the repository root (`python -m bench.device_carry` prepares both;
 # name both in the device call's carry).
@@ -37,7 +38,11 @@ if [ -z "${SKIP_GPU_TESTS:-}" ]; then
     tests/gpu/test_cuda_graphs_gpu.py tests/gpu/test_model_engine_gpu.py 2>&1 | tail -3)
 fi
 
-say "serve_gpu $*"
-(cd "$repo" && python3 -m bench.serve_gpu --out "$out" --py-spy /tmp/py-spy "$@")
-tar czf "$out/py-spy.tgz" -C /tmp/py-spy .
-say done
+profile=()
+[ -n "${PY_SPY:-}" ] && profile=(--py-spy /tmp/py-spy)
+say "serve_gpu ${profile[*]} $*"
+status=0
+(cd "$repo" && python3 -m bench.serve_gpu --out "$out" "${profile[@]}" "$@") || status=$?
+[ -n "${PY_SPY:-}" ] && tar czf "$out/py-spy.tgz" -C /tmp/py-spy .
+say "done (serve_gpu exit $status)"
+exit $status
