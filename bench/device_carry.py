@@ -42,8 +42,8 @@ DEVICE_MISSING = (
     "nvtx",
     "py-spy",
 )
-"""Packages the runtime and benchmarks import (or, py-spy, run) that the device image does not hold (or holds in
-another version)."""
+"""Packages the runtime and benchmarks import (or, for py-spy, run) that the device image does
+not hold (or holds in another version)."""
 
 _PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 

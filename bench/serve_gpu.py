@@ -164,6 +164,12 @@ class GpuSampler:
         }
 
 
+def _role(pid: int) -> str:
+    """Which process of ours `pid` is: engine, frontend or server (the supervisor, or the whole
+    server in one process); OSError when it is gone."""
+    return next((a for a in process_command(pid) if a in ("engine", "frontend")), "server")
+
+
 def _cpu_by_role(pids: list[int]) -> dict[str, float]:
     """CPU seconds (user + system) so far of each role: the engine process, the front-end
     processes together, and the serving process (the supervisor, or the whole server when it
@@ -173,10 +179,9 @@ def _cpu_by_role(pids: list[int]) -> dict[str, float]:
     for pid in pids:
         try:
             fields = process_stat(pid)
-            command = process_command(pid)
+            role = _role(pid)
         except OSError:
             continue
-        role = next((a for a in command if a in ("engine", "frontend")), "server")
         seconds[role] = seconds.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return seconds
 
@@ -225,9 +230,10 @@ def stage_means(
         previous_total, previous_count = before.get(stage, (0.0, 0.0))
         if count > previous_count:
             mean = (total - previous_total) / (count - previous_count)
-            means[stage if stage == "batch_size" else f"{stage}_ms"] = (
-                mean if stage == "batch_size" else 1000 * mean
-            )
+            if stage == "batch_size":
+                means[stage] = mean
+            else:
+                means[f"{stage}_ms"] = 1000 * mean
     return means
 
 
@@ -335,9 +341,7 @@ def _start_profiles(
     Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     chosen: dict[str, int] = {}
     for pid in pids:
-        command = process_command(pid)
-        role = next((a for a in command if a in ("engine", "frontend")), "server")
-        chosen.setdefault(role, pid)
+        chosen.setdefault(_role(pid), pid)
     return [
         subprocess.Popen(
             [

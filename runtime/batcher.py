@@ -131,8 +131,7 @@ class Batcher:
         self._sequence = itertools.count()
         self._queued = 0
         self._pending = 0
-        self._arrivals = 0
-        self._arrivals_taken = 0
+        self._arrivals_since_batch = 0
         self._depth_due = False
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -250,7 +249,7 @@ class Batcher:
             self._publish_depth()
 
         self._pending += 1
-        self._arrivals += 1
+        self._arrivals_since_batch += 1
         self._publish_depth()
         for index, job in enumerate(jobs):
             job.enqueued = now
@@ -291,10 +290,13 @@ class Batcher:
                 await self._arrived.wait()
             # Waiting for company pays only while requests keep coming: one that arrived alone
             # since the last batch was taken runs at once.
-            arrived = self._arrivals - self._arrivals_taken
-            if self._window > 0 and self._queued < self._max_batch and arrived > 1:
+            if (
+                self._window > 0
+                and self._queued < self._max_batch
+                and self._arrivals_since_batch > 1
+            ):
                 await self._gather()
-            self._arrivals_taken = self._arrivals
+            self._arrivals_since_batch = 0
             with nvtx.annotate("sas.batch.assemble", domain="sas"):
                 batch = self._take_batch(loop.time())
             if batch:
