@@ -3,7 +3,7 @@
 # with PATCH applied ("variant"), runs the kernel GPU tests on the variant, then bench/kernel.py
 # for base and variant alternated, twice per head dim, writing JSON and a log under OUT.
 #
-#   bash bench/kernel_ab.sh PATCH [MASKS] [SEQ_LENS]
+#   [SANITIZE=1] bash bench/kernel_ab.sh PATCH [MASKS] [SEQ_LENS]
 #
 # Needs on PYTHONPATH what the device image lacks and SAS_CUTLASS_INCLUDE pointing at CUTLASS's
 # include/: `python -m bench.device_carry` prepares both to carry. Run 4 (2026-11-30) took 197 s on an H200 with the defaults below.
@@ -41,6 +41,19 @@ say "kernel GPU tests on the variant"
   | tee "$out/$name-tests.txt" | tail -5) || true
 grep -qE "[0-9]+ passed" "$out/$name-tests.txt" && ! grep -qE "[0-9]+ (failed|errors?)\b" "$out/$name-tests.txt" \
   || { say "variant tests failed or hung: no benchmark"; exit 1; }
+
+# SANITIZE=1: compute-sanitizer's memcheck, racecheck and synccheck on one small launch of the
+# variant (tests/gpu/sanitize_small_case.py), 90 s each; a tool that reports errors stops the run.
+if [ "${SANITIZE:-0}" = 1 ]; then
+  for tool in memcheck racecheck synccheck; do
+    say "compute-sanitizer $tool on the variant"
+    (cd "$repo" && PYTHONPATH="$work/variant:$repo:${PYTHONPATH:-}" SAS_KERNEL_LIBRARY=$variant_lib \
+      timeout -s KILL 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      python3 tests/gpu/sanitize_small_case.py >"$out/$name-sanitizer-$tool.txt" 2>&1) \
+      || { tail -20 "$out/$name-sanitizer-$tool.txt"; say "$tool failed: no benchmark"; exit 1; }
+    tail -2 "$out/$name-sanitizer-$tool.txt"
+  done
+fi
 
 for pass in 1 2; do
   for head_dim in 128 64; do

@@ -40,6 +40,13 @@ struct TileTraits {
   // setmaxnreg budgets: the producer only issues TMA; consumers hold S, P and O fragments.
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
+  // setmaxnreg.inc waits until the CTA's freed registers cover the request, so the budgets must
+  // fit in what the CTA is launched with (168 per thread at 384 threads), not in 64 K: 48/232
+  // asks for 65,536 of 64,512 and every consumer waits forever.
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * kConsumerThreads <=
+                    kLaunchRegisters * kThreads,
+                "setmaxnreg budgets exceed the CTA's registers");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128 are instantiated");
 
   using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;  // (M, N, K=D)
