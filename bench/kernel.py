@@ -33,6 +33,7 @@ from sas_runtime.kernels import ops
 
 BLOCK = 128
 DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
+MASK_NAMES = (*(f"random-{d}" for d in DENSITIES), "window-1024", "global-window", "causal")
 
 
 def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> float:
@@ -83,12 +84,14 @@ def time_graph_ms(fn: Callable[[], object], *, calls: int = 10, repeats: int = 5
     return times[len(times) // 2]
 
 
-def random_mask(heads: int, seq_len: int, density: float, seed: int) -> BlockMask:
+def random_mask(
+    heads: int, seq_len: int, density: float, seed: int, device: str = "cuda"
+) -> BlockMask:
     """Full blocks drawn independently per (head, q-block, kv-block) with probability
     `density` (density 1.0: every block)."""
     blocks = math.ceil(seq_len / BLOCK)
-    generator = torch.Generator(device="cuda").manual_seed(seed)
-    grid = torch.rand(1, heads, blocks, blocks, device="cuda", generator=generator) < density
+    generator = torch.Generator(device=device).manual_seed(seed)
+    grid = torch.rand(1, heads, blocks, blocks, device=device, generator=generator) < density
     return BlockMask.from_block_grids(
         partial_blocks=torch.zeros_like(grid),
         full_blocks=grid,
@@ -99,25 +102,28 @@ def random_mask(heads: int, seq_len: int, density: float, seed: int) -> BlockMas
     )
 
 
-def pattern_mask(pattern: PatternConfig, seq_len: int) -> BlockMask:
+def pattern_mask(pattern: PatternConfig, seq_len: int, device: str = "cuda") -> BlockMask:
     return compile_block_mask(
-        pattern, batch=1, q_len=seq_len, kv_len=seq_len, device=torch.device("cuda")
+        pattern, batch=1, q_len=seq_len, kv_len=seq_len, device=torch.device(device)
     )
 
 
-def masks_for(heads: int, seq_len: int, names: list[str]) -> dict[str, BlockMask]:
+def masks_for(
+    heads: int, seq_len: int, names: list[str], device: str = "cuda"
+) -> dict[str, BlockMask]:
     masks: dict[str, BlockMask] = {}
     for name in names:
         if name.startswith("random-"):
             density = float(name.removeprefix("random-"))
-            masks[name] = random_mask(heads, seq_len, density, seed=seq_len)
+            masks[name] = random_mask(heads, seq_len, density, seed=seq_len, device=device)
         elif name == "window-1024":
-            masks[name] = pattern_mask(PatternConfig(type=PatternType.WINDOW, window=1024), seq_len)
+            window = PatternConfig(type=PatternType.WINDOW, window=1024)
+            masks[name] = pattern_mask(window, seq_len, device)
         elif name == "global-window":
             pattern = PatternConfig(type=PatternType.GLOBAL_WINDOW, window=1024, global_tokens=256)
-            masks[name] = pattern_mask(pattern, seq_len)
+            masks[name] = pattern_mask(pattern, seq_len, device)
         elif name == "causal":
-            masks[name] = pattern_mask(PatternConfig(type=PatternType.CAUSAL), seq_len)
+            masks[name] = pattern_mask(PatternConfig(type=PatternType.CAUSAL), seq_len, device)
         else:
             raise ValueError(f"unknown mask {name}")
     return masks
@@ -225,12 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-lens", default="4096,16384,32768")
     parser.add_argument("--head-dims", default="128,64")
     parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument(
-        "--masks",
-        default=",".join(
-            [*(f"random-{d}" for d in DENSITIES), "window-1024", "global-window", "causal"]
-        ),
-    )
+    parser.add_argument("--masks", default=",".join(MASK_NAMES))
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     parser.add_argument("--library", type=Path, default=None, help="compiled extension")
     parser.add_argument("--out", type=Path, default=None, help="result JSON")
