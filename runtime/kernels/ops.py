@@ -27,6 +27,8 @@ BLOCK_SIZE = 128
 """Tokens per mask block on both axes: the kernel's query tile and key/value tile."""
 
 _OP_NAME = "sas::block_sparse_attention_fwd"
+_MAX_TOKENS = 2**31 - 1
+"""The kernel holds positions in 32-bit ints."""
 _load_error: str | None = "not loaded: call load_library()"
 
 
@@ -98,6 +100,8 @@ def _block_sparse_attention_fwd_fake(
     _require(q.shape[1] % k.shape[1] == 0, "heads must be a multiple of kv_heads")
     for mask in (kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices):
         _require(mask.dtype == torch.int32, "block mask tensors must be int32")
+    _require(-1 <= window <= _MAX_TOKENS, "window must be -1 (none) or in [0, 2^31)")
+    _require(0 <= global_tokens <= _MAX_TOKENS, "global_tokens must be in [0, 2^31)")
     batch, heads, q_len, head_dim = q.shape
     out = q.new_empty(batch, heads, q_len, head_dim)
     lse = q.new_empty(batch, heads, q_len, dtype=torch.float32)

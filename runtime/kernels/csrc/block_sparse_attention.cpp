@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -117,8 +118,12 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
                 "kv_lengths must be a contiguous [batch] tensor");
     p.kv_lengths = lengths.data_ptr<int32_t>();
   }
-  TORCH_CHECK(window >= -1, "window must be -1 (none) or >= 0");
-  TORCH_CHECK(global_tokens >= 0, "global_tokens must be >= 0");
+  // The kernel holds positions in 32-bit ints.
+  constexpr int64_t kMaxTokens = std::numeric_limits<int>::max();
+  TORCH_CHECK(q_len <= kMaxTokens && kv_len <= kMaxTokens, "sequence lengths must fit in int32");
+  TORCH_CHECK(window >= -1 && window <= kMaxTokens, "window must be -1 (none) or in [0, 2^31)");
+  TORCH_CHECK(global_tokens >= 0 && global_tokens <= kMaxTokens,
+              "global_tokens must be in [0, 2^31)");
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

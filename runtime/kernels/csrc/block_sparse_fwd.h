@@ -219,6 +219,7 @@ void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream)
   const TileScheduler scheduler{(p.q_len + Traits::kBlockM - 1) / Traits::kBlockM, p.heads,
                                 p.batch};
   constexpr int kSmemBytes = int(sizeof(typename Traits::SharedStorage));
+  static_assert(kSmemBytes <= 232448, "shared storage exceeds sm_90's 227 KB per block");
   auto kernel = &block_sparse_fwd_kernel<Traits>;
   int device = 0;
   int multiprocessors = 0;

@@ -103,3 +103,34 @@ def test_fake_kernel_refuses_float32(built_library: Path) -> None:
             torch.ops.sas.block_sparse_attention_fwd(
                 q, q, q, counts, indices, counts, indices, None, None, 0.125, False, -1, 0
             )
+
+
+@pytest.mark.parametrize(
+    ("window", "global_tokens", "message"),
+    [(-2, 0, "window must be"), (2**31, 0, "window must be"), (-1, 2**31, "global_tokens must be")],
+)
+def test_fake_kernel_refuses_rules_past_int32(
+    built_library: Path, window: int, global_tokens: int, message: str
+) -> None:
+    """The kernel holds positions in 32-bit ints; a wider rule would wrap, not widen."""
+    assert ops.load_library(built_library) is None
+    with FakeTensorMode():
+        q = torch.empty(1, 2, 128, 64, dtype=torch.bfloat16)
+        counts = torch.empty(1, 1, 1, dtype=torch.int32)
+        indices = torch.empty(1, 1, 1, 1, dtype=torch.int32)
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.sas.block_sparse_attention_fwd(
+                q,
+                q,
+                q,
+                counts,
+                indices,
+                counts,
+                indices,
+                None,
+                None,
+                0.125,
+                False,
+                window,
+                global_tokens,
+            )
