@@ -46,9 +46,24 @@ def longest_first(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
     return sorted(order, key=lambda tile: -int(blocks[tile]))
 
 
+def length_classes_first(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
+    """Classes of visited blocks (1, 2-3, 4-7, ...), the longest first, each in `descending`
+    order: most of longest-first's gain with few heads in flight at once."""
+    order = descending(blocks, global_m_blocks)
+    return sorted(order, key=lambda tile: -int(blocks[tile]).bit_length())
+
+
+def heads_in_flight(tiles: Sequence[Tile], workers: int) -> float:
+    """Mean distinct heads per `workers` consecutive tiles: a proxy for the K/V that must share
+    L2 at once (the model prices none of it)."""
+    windows = [tiles[i : i + workers] for i in range(0, len(tiles), workers)]
+    return sum(len({h for h, _ in window}) for window in windows) / max(len(windows), 1)
+
+
 ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
     "descending": descending,
     "global-rows-first": global_rows_first,
+    "length-classes-first": length_classes_first,
     "longest-first": longest_first,
 }
 
@@ -77,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-us", type=float, default=1.7)
     args = parser.parse_args(argv)
     names = args.masks.split(",")
-    print("mask            S       ideal us  " + "  ".join(f"{o:>26}" for o in ORDERS))
+    print("makespan in us (x ideal, mean heads per wave of tiles)")
+    print("mask            S       ideal us  " + "  ".join(f"{o:>31}" for o in ORDERS))
     for seq_len in map(int, args.seq_lens.split(",")):
         for name, mask in masks_for(args.heads, seq_len, names, device="cpu").items():
             blocks = visited_blocks(mask, args.heads)
@@ -90,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             for order in ORDERS.values():
                 tiles = order(blocks, global_m_blocks)
                 span = makespan([float(cost[tile]) for tile in tiles], args.sms)
-                cells.append(f"{span:10.1f} ({span / ideal:5.3f} x ideal)")
+                spread = heads_in_flight(tiles, args.sms)
+                cells.append(f"{span:10.1f} ({span / ideal:5.3f} x, {spread:4.1f} heads)")
             print(f"{name:14s} {seq_len:6d} {ideal:10.1f}  " + "  ".join(cells))
     return 0
 

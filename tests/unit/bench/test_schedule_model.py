@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from bench.kernel import masks_for
-from bench.schedule_model import ORDERS, global_rows_first, makespan, visited_blocks
+from bench.schedule_model import (
+    ORDERS,
+    global_rows_first,
+    heads_in_flight,
+    length_classes_first,
+    makespan,
+    visited_blocks,
+)
 
 
 def test_makespan_of_list_scheduling() -> None:
@@ -38,3 +45,22 @@ def test_global_window_tail_is_what_global_rows_first_removes() -> None:
         for name, order in ORDERS.items()
     }
     assert spans["global-rows-first"] < 0.9 * spans["descending"]
+
+
+def test_length_classes_first_keeps_the_kernel_order_within_a_class() -> None:
+    blocks = torch.tensor([[1, 5, 4, 8], [8, 2, 6, 7]])
+    # Classes: 8 -> 4; 4-7 -> 3; 2-3 -> 2; 1 -> 1. Within a class: head 0 first, m descending.
+    assert length_classes_first(blocks, 0) == [
+        (0, 3),
+        (1, 0),
+        (0, 2),
+        (0, 1),
+        (1, 3),
+        (1, 2),
+        (1, 1),
+        (0, 0),
+    ]
+
+
+def test_heads_in_flight_counts_distinct_heads_per_wave() -> None:
+    assert heads_in_flight([(0, 1), (0, 0), (1, 1), (2, 0)], workers=2) == 1.5
