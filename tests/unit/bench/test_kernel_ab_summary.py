@@ -1,0 +1,53 @@
+"""The A/B summary: variant over base, each normalised to its own run's cuDNN dense time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.kernel_ab_summary import load, main, normalised_time, ratios
+
+
+def _row(mask: str, ours: float, cudnn: float, graph: bool = True) -> dict[str, object]:
+    return {
+        "head_dim": 128,
+        "seq_len": 4096,
+        "mask": mask,
+        "ours_ms": ours * 2,
+        "cudnn_dense_ms": cudnn * 2,
+        "ours_graph_ms": ours if graph else None,
+        "cudnn_dense_graph_ms": cudnn if graph else None,
+    }
+
+
+def _write(directory: Path, name: str, rows: list[dict[str, object]]) -> None:
+    (directory / name).write_text(json.dumps({"environment": {}, "rows": rows}))
+
+
+def test_graph_times_are_preferred_and_eager_is_the_fallback() -> None:
+    assert normalised_time(_row("causal", 1.0, 4.0)) == 0.25
+    assert normalised_time(_row("causal", 3.0, 4.0, graph=False)) == 0.75
+
+
+def test_ratios_pair_each_pass_with_the_base_of_the_same_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(tmp_path, "base-d128-pass1.json", [_row("causal", 1.0, 2.0)])
+    _write(tmp_path, "base-d128-pass2.json", [_row("causal", 1.0, 4.0)])
+    # Variant: same kernel time, a faster cuDNN in pass 1 (normalisation shows it).
+    _write(tmp_path, "kernel-v14-x-d128-pass1.json", [_row("causal", 0.9, 2.0)])
+    _write(tmp_path, "kernel-v14-x-d128-pass2.json", [_row("causal", 1.2, 4.0)])
+    (tmp_path / "kernel-v14-x-tests.txt").write_text("37 passed")
+    sides = load(tmp_path)
+    assert set(sides) == {"base", "kernel-v14-x"}
+    assert ratios(sides, "kernel-v14-x") == {(128, 4096, "causal"): pytest.approx([0.9, 1.2])}
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "kernel-v14-x over base" in printed
+    assert "D128 S  4096 causal         mean 1.050  passes 0.900 1.200" in printed
+
+
+def test_no_base_is_an_error(tmp_path: Path) -> None:
+    assert main([str(tmp_path)]) == 1
