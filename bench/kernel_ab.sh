@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of kernel changes on the GPU machine: builds the kernels from HEAD ("base") and from HEAD
 # with each PATCH applied (a "variant" per patch, named by the patch file), runs the kernel GPU
-# tests on each variant (one that fails or hangs is dropped), then bench/kernel.py for base and
+# tests on each variant, its own patched copy of them (one that fails or hangs is dropped), then bench/kernel.py for base and
 # the variants alternated, twice per head dim, writing JSON and a log under OUT, and last the
 # variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
 #
@@ -21,15 +21,19 @@ work=$(mktemp -d)
 started=$(date +%s)
 say() { echo "[t=$(($(date +%s) - started))s] $*"; }
 
+# Each side is a copy of runtime/ and tests/ (a patch may change both: its paths are a/runtime/...,
+# a/tests/...), with runtime/ importable as sas_runtime from site-SIDE.
 mkdir -p "$out"
 sides=(base)
-mkdir -p "$work/site-base"
-cp -r "$repo/runtime" "$work/site-base/sas_runtime"
-for patch_file in "${patches[@]}"; do
-  side=$(basename "$patch_file" .patch)
-  mkdir -p "$work/site-$side"
-  cp -r "$repo/runtime" "$work/site-$side/sas_runtime"
-  (cd "$work/site-$side/sas_runtime" && patch -s -p2 <"$(realpath "$patch_file")")
+for patch_file in - "${patches[@]}"; do
+  side=base
+  [ "$patch_file" = - ] || side=$(basename "$patch_file" .patch)
+  mkdir -p "$work/tree-$side" "$work/site-$side"
+  cp -r "$repo/runtime" "$repo/tests" "$repo/hack" "$repo/pyproject.toml" "$work/tree-$side/"
+  ln -s "$work/tree-$side/runtime" "$work/site-$side/sas_runtime"
+  [ "$patch_file" = - ] && continue
+  patch_path=$(realpath "$patch_file")
+  (cd "$work/tree-$side" && patch -s -p1 <"$patch_path")
   sides+=("$side")
 done
 
@@ -46,9 +50,9 @@ library() { echo "$work/build-$1/sas_kernels.so"; }
 kept=(base)
 for side in "${sides[@]:1}"; do
   say "kernel GPU tests on $side"
-  (cd "$repo" && PYTHONPATH="$work/site-$side:$repo:${PYTHONPATH:-}" SAS_KERNEL_LIBRARY=$(library "$side") \
-    PYTHONUNBUFFERED=1 timeout -s KILL 150 python3 -m pytest -v -x -p no:cacheprovider \
-    tests/gpu/test_block_sparse_attention.py | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
+  (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
+    SAS_KERNEL_LIBRARY=$(library "$side") PYTHONUNBUFFERED=1 timeout -s KILL 150 \
+    python3 -m pytest -v -x -p no:cacheprovider tests/gpu/test_block_sparse_attention.py | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
     | tee "$out/$side-tests.txt" | tail -3) || true
   if ! grep -qE "[0-9]+ passed" "$out/$side-tests.txt" \
     || grep -qE "[0-9]+ (failed|errors?)\b" "$out/$side-tests.txt"; then
@@ -62,9 +66,9 @@ for side in "${sides[@]:1}"; do
   if [ "${SANITIZE:-0}" = 1 ] || [[ ",${SANITIZE:-}," == *",$side,"* ]]; then
     for tool in memcheck racecheck synccheck; do
       say "compute-sanitizer $tool on $side"
-      if (cd "$repo" && PYTHONPATH="$work/site-$side:$repo:${PYTHONPATH:-}" SAS_KERNEL_LIBRARY=$(library "$side") \
-        timeout -s KILL 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-        python3 tests/gpu/sanitize_small_case.py >"$out/$side-sanitizer-$tool.txt" 2>&1); then
+      if (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
+        SAS_KERNEL_LIBRARY=$(library "$side") timeout -s KILL 90 \
+        compute-sanitizer --tool "$tool" --error-exitcode 3 python3 tests/gpu/sanitize_small_case.py >"$out/$side-sanitizer-$tool.txt" 2>&1); then
         tail -2 "$out/$side-sanitizer-$tool.txt"
       else
         tail -20 "$out/$side-sanitizer-$tool.txt"
