@@ -7,8 +7,8 @@
 #
 #   [SANITIZE=1|NAME,...] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] [SEQ_LENS]
 #
-# Needs on PYTHONPATH what the device image lacks and SAS_CUTLASS_INCLUDE pointing at CUTLASS's
-# include/: `python -m bench.device_carry` prepares both to carry. Run 5 (2026-12-04), one patch
+# Needs .whl/ and .carry/ in the repository root (bench/device_env.sh installs them; `python -m
+# bench.device_carry` prepares both to carry), unless SAS_CUTLASS_INCLUDE is set already. Run 5 (2026-12-04), one patch
 # and five masks, took 278 s on an H200 (build 37 s, tests 51 s, eight benches of ~24 s); each
 # further variant adds its tests and four benches, each sanitized one about a minute.
 set -euo pipefail
@@ -20,6 +20,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 started=$(date +%s)
 say() { echo "[t=$(($(date +%s) - started))s] $*"; }
+[ -n "${SAS_CUTLASS_INCLUDE:-}" ] || source "$repo/bench/device_env.sh"
 
 # Each side is a copy of runtime/ and tests/ (a patch may change both: its paths are a/runtime/...,
 # a/tests/...), with runtime/ importable as sas_runtime from site-SIDE.

@@ -15,15 +15,10 @@ out=${OUT:-/tmp/serve-gpu}
 started=$(date +%s)
 say() { echo "[t=$(($(date +%s) - started))s] $*"; }
 
-mkdir -p "$out" /tmp/site /tmp/links /tmp/cutlass /tmp/py-spy
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site "$repo"/.whl/*.whl
+mkdir -p "$out" /tmp/links /tmp/py-spy
 ln -sfn "$repo/runtime" /tmp/links/sas_runtime
-tar -xJf "$repo/.carry/cutlass-include.tar.xz" -C /tmp/cutlass
-export PYTHONPATH=/tmp/site:/tmp/links:$repo/.carry/model:$repo PATH=/tmp/site/bin:$PATH
-export HF_HUB_OFFLINE=1 SAS_CUTLASS_INCLUDE=/tmp/cutlass/include
-nvidia-smi --query-gpu=name,driver_version,clocks.current.sm,temperature.gpu,power.draw \
-  --format=csv
+export PYTHONPATH=/tmp/links:$repo
+source "$repo/bench/device_env.sh"
 
 say "kernel build"
 if ! MAX_JOBS=16 python3 -m sas_runtime.kernels.build --out /tmp/kernels >/tmp/build.log 2>&1; then
