@@ -6,6 +6,7 @@
 # variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
 #
 #   [SANITIZE=1|NAME,...] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] [SEQ_LENS]
+#   (NAME: a patch's file name without .patch, or base)
 #
 # Needs .whl/ and .carry/ in the repository root (bench/device_env.sh installs them; `python -m
 # bench.device_carry` prepares both to carry), unless SAS_CUTLASS_INCLUDE is set already. Run 5 (2026-12-04), one patch
@@ -46,6 +47,28 @@ done
 wait
 library() { echo "$work/build-$1/sas_kernels.so"; }
 
+# SANITIZE=1 (every side) or SANITIZE=NAME[,NAME...] (those sides, "base" among them):
+# compute-sanitizer's memcheck, racecheck and synccheck on one small launch
+# (tests/gpu/sanitize_small_case.py), 90 s each; a tool that reports errors drops a variant.
+selected() { [ "${SANITIZE:-0}" = 1 ] || [[ ",${SANITIZE:-}," == *",$1,"* ]]; }
+sanitize() {
+  local side=$1 tool
+  for tool in memcheck racecheck synccheck; do
+    say "compute-sanitizer $tool on $side"
+    if (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
+      SAS_KERNEL_LIBRARY=$(library "$side") timeout -s KILL 90 \
+      compute-sanitizer --tool "$tool" --error-exitcode 3 python3 tests/gpu/sanitize_small_case.py \
+      >"$out/$side-sanitizer-$tool.txt" 2>&1); then
+      tail -2 "$out/$side-sanitizer-$tool.txt"
+    else
+      tail -20 "$out/$side-sanitizer-$tool.txt"
+      say "$side: $tool failed"
+      return 1
+    fi
+  done
+}
+if selected base; then sanitize base || true; fi
+
 # A variant that hangs on the GPU would otherwise spend the whole call: its tests get 150 s
 # (37 pass in ~35 s), and the names of those that ran are kept.
 kept=(base)
@@ -53,33 +76,19 @@ for side in "${sides[@]:1}"; do
   say "kernel GPU tests on $side"
   (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
     SAS_KERNEL_LIBRARY=$(library "$side") PYTHONUNBUFFERED=1 timeout -s KILL 150 \
-    python3 -m pytest -v -x -p no:cacheprovider tests/gpu/test_block_sparse_attention.py | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
+    python3 -m pytest -v -x -p no:cacheprovider tests/gpu/test_block_sparse_attention.py \
+    | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
     | tee "$out/$side-tests.txt" | tail -3) || true
   if ! grep -qE "[0-9]+ passed" "$out/$side-tests.txt" \
     || grep -qE "[0-9]+ (failed|errors?)\b" "$out/$side-tests.txt"; then
     say "$side: tests failed or hung, not benchmarked"
     continue
   fi
-  # SANITIZE=1 (every variant) or SANITIZE=NAME[,NAME...] (those variants): compute-sanitizer's
-  # memcheck, racecheck and synccheck on one small launch (tests/gpu/sanitize_small_case.py),
-  # 90 s each; a tool that reports errors drops the variant.
-  clean=1
-  if [ "${SANITIZE:-0}" = 1 ] || [[ ",${SANITIZE:-}," == *",$side,"* ]]; then
-    for tool in memcheck racecheck synccheck; do
-      say "compute-sanitizer $tool on $side"
-      if (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
-        SAS_KERNEL_LIBRARY=$(library "$side") timeout -s KILL 90 \
-        compute-sanitizer --tool "$tool" --error-exitcode 3 python3 tests/gpu/sanitize_small_case.py >"$out/$side-sanitizer-$tool.txt" 2>&1); then
-        tail -2 "$out/$side-sanitizer-$tool.txt"
-      else
-        tail -20 "$out/$side-sanitizer-$tool.txt"
-        say "$side: $tool failed, not benchmarked"
-        clean=0
-        break
-      fi
-    done
+  if selected "$side" && ! sanitize "$side"; then
+    say "$side: not benchmarked"
+    continue
   fi
-  if [ "$clean" = 1 ]; then kept+=("$side"); fi
+  kept+=("$side")
 done
 [ ${#kept[@]} -gt 1 ] || { say "no variant left to benchmark"; exit 1; }
 
