@@ -1,0 +1,130 @@
+"""bench/kernel_ab.sh without a GPU: stand-ins for python3, compute-sanitizer and nvidia-smi
+record what the script asks of them, so a device call is not the first run of its logic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+# Builds make the library file; the GPU tests of a side whose tree holds FAIL_TESTS fail; the
+# benchmark writes one row; the summary runs for real.
+PYTHON3 = f"""#!{sys.executable}
+import json, os, pathlib, subprocess, sys
+args = sys.argv[1:]
+log = pathlib.Path(os.environ["STUB_LOG"])
+with log.open("a") as f:
+    f.write(" ".join(args) + " | " + os.environ.get("PYTHONPATH", "").split(":")[0] + "\\n")
+if args[:2] == ["-m", "pip"]:
+    sys.exit(0)
+if args[:2] == ["-m", "sas_runtime.kernels.build"]:
+    out = pathlib.Path(args[args.index("--out") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sas_kernels.so").touch()
+elif args[:2] == ["-m", "pytest"]:
+    failing = pathlib.Path("FAIL_TESTS").exists()
+    print("tests/gpu/test_x.py::test_x FAILED" if failing else "tests/gpu/test_x.py::test_x PASSED")
+    print("1 failed" if failing else "37 passed")
+elif args[:2] == ["-m", "bench.kernel"]:
+    out = pathlib.Path(args[args.index("--out") + 1])
+    row = {{"head_dim": int(args[args.index("--head-dims") + 1]), "seq_len": 4096,
+           "mask": "causal", "ours_ms": 1.0, "cudnn_dense_ms": 2.0,
+           "ours_graph_ms": None, "cudnn_dense_graph_ms": None}}
+    out.write_text(json.dumps({{"environment": {{}}, "rows": [row]}}))
+    print("S=4096 stub")
+elif args[:2] == ["-m", "bench.kernel_ab_summary"]:
+    sys.exit(subprocess.call([{sys.executable!r}, *args]))
+else:
+    sys.exit(f"unexpected python3 {{args}}")
+"""
+
+SANITIZER = """#!/bin/sh
+echo "$PYTHONPATH" | cut -d: -f1 >>"$STUB_LOG.sanitized"
+echo "========= ERROR SUMMARY: 0 errors"
+"""
+
+
+def _patch(tmp_path: Path, name: str, new_file: str) -> Path:
+    """A patch that adds one file under tests/ (so it applies to any HEAD)."""
+    patch = tmp_path / f"{name}.patch"
+    patch.write_text(f"--- a/{new_file}\n+++ b/{new_file}\n@@ -0,0 +1 @@\n+marker\n")
+    return patch
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {
+        "python3": PYTHON3,
+        "compute-sanitizer": SANITIZER,
+        "nvidia-smi": "#!/bin/sh\necho stub GPU\n",
+    }.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "STUB_LOG": str(tmp_path / "calls.log"),
+        "OUT": str(tmp_path / "out"),
+        "SAS_CUTLASS_INCLUDE": "/nonexistent",  # skips device_env.sh's installs
+    }
+
+
+def test_each_variant_is_tested_a_failing_one_dropped_the_rest_alternated(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
+    bad = _patch(tmp_path, "kernel-bad", "FAIL_TESTS")
+    result = subprocess.run(
+        ["bash", "bench/kernel_ab.sh", f"{good},{bad}", "causal", "4096"],
+        cwd=REPO,
+        env={**stubs, "SANITIZE": "base,kernel-good"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kernel-bad: tests failed or hung, not benchmarked" in result.stdout
+    out = Path(stubs["OUT"])
+    benched = sorted(p.name for p in out.glob("*-pass*.json"))
+    assert benched == sorted(
+        f"{side}-d{d}-pass{n}.json"
+        for side in ("base", "kernel-good")
+        for d in (128, 64)
+        for n in (1, 2)
+    )
+    # Every side's benchmark imported its own tree: the first PYTHONPATH entry is its site.
+    calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
+    bench_sites = {line.split(" | ")[1] for line in calls if line.startswith("-m bench.kernel ")}
+    assert {Path(site).name for site in bench_sites} == {"site-base", "site-kernel-good"}
+    sanitized = Path(stubs["STUB_LOG"] + ".sanitized").read_text().split()
+    assert [Path(site).name for site in sanitized] == ["site-base"] * 3 + ["site-kernel-good"] * 3
+    summary = (out / "summary.txt").read_text()
+    assert "kernel-good over base" in summary
+    assert "kernel-bad" not in summary
+    assert json.loads((out / "base-d128-pass1.json").read_text())["rows"]
+
+
+def test_a_patch_that_does_not_apply_stops_before_any_build(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    broken = tmp_path / "kernel-broken.patch"
+    broken.write_text("--- a/runtime/nope.py\n+++ b/runtime/nope.py\n@@ -1 +1 @@\n-x\n+y\n")
+    result = subprocess.run(
+        ["bash", "bench/kernel_ab.sh", str(broken), "causal", "4096"],
+        cwd=REPO,
+        env=stubs,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    calls = Path(stubs["STUB_LOG"])
+    assert not calls.exists() or "sas_runtime.kernels.build" not in calls.read_text()
