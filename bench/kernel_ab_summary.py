@@ -1,6 +1,6 @@
 """Variant over base from a `bench/kernel_ab.sh` run: per (head dim, sequence length, mask),
-each side's kernel time normalised to its own run's cuDNN dense time (graph replay where both
-were captured, else eager), variant over base, for each pass and their mean.
+each side's kernel time normalised to its own run's cuDNN dense time, variant over base, for
+each pass and their mean, from graph replays (where both sides have them) and from eager calls.
 
     python -m bench.kernel_ab_summary OUT_DIR
 """
@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,41 +19,67 @@ RESULT = re.compile(r"^(?P<side>.+)-d(?P<head_dim>\d+)-pass(?P<pass_>\d+)\.json$
 RowKey = tuple[int, int, str]
 
 
-def normalised_time(row: dict[str, Any]) -> float:
-    """Our time over cuDNN dense time in the same run: graph replay when both have one."""
+@dataclass(frozen=True)
+class Normalised:
+    """Our time over cuDNN dense time in the same run, eager and (if captured) graph replay."""
+
+    eager: float
+    graph: float | None
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """Variant over base per pass; graph only for passes where both sides were replayed."""
+
+    eager: list[float]
+    graph: list[float]
+
+
+def normalised_time(row: dict[str, Any]) -> Normalised:
+    graph = None
     if row.get("ours_graph_ms") and row.get("cudnn_dense_graph_ms"):
-        return float(row["ours_graph_ms"]) / float(row["cudnn_dense_graph_ms"])
-    return float(row["ours_ms"]) / float(row["cudnn_dense_ms"])
+        graph = float(row["ours_graph_ms"]) / float(row["cudnn_dense_graph_ms"])
+    return Normalised(float(row["ours_ms"]) / float(row["cudnn_dense_ms"]), graph)
 
 
-def load(out_dir: Path) -> dict[str, dict[int, dict[RowKey, float]]]:
-    """side -> pass -> row key -> normalised time."""
-    sides: dict[str, dict[int, dict[RowKey, float]]] = {}
+def load(out_dir: Path) -> dict[str, dict[int, dict[RowKey, Normalised]]]:
+    """side -> pass -> row key -> normalised times."""
+    sides: dict[str, dict[int, dict[RowKey, Normalised]]] = {}
     for path in sorted(out_dir.glob("*.json")):
         match = RESULT.match(path.name)
         if match is None:
             continue
         rows = json.loads(path.read_text())["rows"]
-        passes = sides.setdefault(match["side"], {})
-        table = passes.setdefault(int(match["pass_"]), {})
+        table = sides.setdefault(match["side"], {}).setdefault(int(match["pass_"]), {})
         for row in rows:
-            table[(int(row["head_dim"]), int(row["seq_len"]), str(row["mask"]))] = normalised_time(
-                row
-            )
+            key = (int(row["head_dim"]), int(row["seq_len"]), str(row["mask"]))
+            table[key] = normalised_time(row)
     return sides
 
 
 def ratios(
-    sides: dict[str, dict[int, dict[RowKey, float]]], variant: str
-) -> dict[RowKey, list[float]]:
+    sides: dict[str, dict[int, dict[RowKey, Normalised]]], variant: str
+) -> dict[RowKey, Ratios]:
     """Row key -> variant/base per pass that both ran."""
-    found: dict[RowKey, list[float]] = {}
+    found: dict[RowKey, Ratios] = {}
     for pass_, table in sorted(sides[variant].items()):
         base = sides.get("base", {}).get(pass_, {})
-        for key, value in table.items():
-            if key in base:
-                found.setdefault(key, []).append(value / base[key])
+        for key, ours in table.items():
+            if key not in base:
+                continue
+            entry = found.setdefault(key, Ratios([], []))
+            entry.eager.append(ours.eager / base[key].eager)
+            base_graph = base[key].graph
+            if ours.graph is not None and base_graph is not None:
+                entry.graph.append(ours.graph / base_graph)
     return found
+
+
+def _column(values: list[float]) -> str:
+    if not values:
+        return f"{'-':>5} {'':<12}"
+    passes = " ".join(f"{v:.3f}" for v in values)
+    return f"{statistics.fmean(values):.3f} ({passes})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no base results under {args.out_dir}")
         return 1
     for variant in sorted(set(sides) - {"base"}):
-        print(f"{variant} over base (normalised to each run's cuDNN dense time; < 1 is faster)")
-        for key, values in sorted(ratios(sides, variant).items()):
+        print(f"{variant} over base (each normalised to its run's cuDNN dense; < 1 is faster)")
+        print(f"  {'row':<29} graph mean (passes)     eager mean (passes)")
+        for key, found in sorted(ratios(sides, variant).items()):
             head_dim, seq_len, mask = key
-            passes = " ".join(f"{v:.3f}" for v in values)
-            print(
-                f"  D{head_dim} S{seq_len:>6} {mask:<14} mean {statistics.fmean(values):.3f}"
-                f"  passes {passes}"
-            )
+            row = f"D{head_dim} S{seq_len:>6} {mask}"
+            print(f"  {row:<29} {_column(found.graph):<23} {_column(found.eager)}")
     return 0
 
 

@@ -190,8 +190,9 @@ def test_many_tiles_per_cta(density: float, head_dim: int) -> None:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_global_rows_with_many_tiles(head_dim: int) -> None:
-    """2 x 8 heads x 17 query blocks, the first two holding global rows (256 tokens): the
-    schedule takes those 32 tiles before all others; every tile must still run exactly once."""
+    """2 x 8 heads x 17 query blocks, the first two holding global rows (256 tokens) that visit
+    every key block: more tiles than SMs, of very unequal length; whatever order the schedule
+    takes them in, every tile must run exactly once."""
     torch.manual_seed(head_dim + 3)
     pattern = _pattern(PatternType.GLOBAL_WINDOW, window=300, global_tokens=256)
     case = Case("global-many-tiles", 2, 8, 2, 2100, 2100, head_dim, pattern)

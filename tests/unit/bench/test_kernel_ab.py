@@ -13,17 +13,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 
-# Builds make the library file; the GPU tests of a side whose tree holds FAIL_TESTS fail; the
-# benchmark writes one row; the summary runs for real.
+# Builds make the library file; the build, GPU tests or benchmark of a side whose tree holds
+# FAIL_BUILD, FAIL_TESTS or FAIL_BENCH fail; the benchmark writes one row; the summary runs for
+# real.
 PYTHON3 = f"""#!{sys.executable}
 import json, os, pathlib, subprocess, sys
 args = sys.argv[1:]
 log = pathlib.Path(os.environ["STUB_LOG"])
 with log.open("a") as f:
     f.write(" ".join(args) + " | " + os.environ.get("PYTHONPATH", "").split(":")[0] + "\\n")
+site = os.environ.get("PYTHONPATH", "").split(":")[0]
+tree = (pathlib.Path(site) / "sas_runtime").resolve().parent
 if args[:2] == ["-m", "pip"]:
     sys.exit(0)
 if args[:2] == ["-m", "sas_runtime.kernels.build"]:
+    if (tree / "FAIL_BUILD").exists():
+        sys.exit("error: stub build failure")
     out = pathlib.Path(args[args.index("--out") + 1])
     out.mkdir(parents=True, exist_ok=True)
     (out / "sas_kernels.so").touch()
@@ -32,6 +37,8 @@ elif args[:2] == ["-m", "pytest"]:
     print("tests/gpu/test_x.py::test_x FAILED" if failing else "tests/gpu/test_x.py::test_x PASSED")
     print("1 failed" if failing else "37 passed")
 elif args[:2] == ["-m", "bench.kernel"]:
+    if (tree / "FAIL_BENCH").exists():
+        sys.exit("Traceback: stub bench failure")
     out = pathlib.Path(args[args.index("--out") + 1])
     row = {{"head_dim": int(args[args.index("--head-dims") + 1]), "seq_len": 4096,
            "mask": "causal", "ours_ms": 1.0, "cudnn_dense_ms": 2.0,
@@ -128,3 +135,31 @@ def test_a_patch_that_does_not_apply_stops_before_any_build(
     assert result.returncode != 0
     calls = Path(stubs["STUB_LOG"])
     assert not calls.exists() or "sas_runtime.kernels.build" not in calls.read_text()
+
+
+def test_variants_that_do_not_build_or_whose_bench_fails_are_left_out(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
+    unbuilt = _patch(tmp_path, "kernel-unbuilt", "FAIL_BUILD")
+    crashing = _patch(tmp_path, "kernel-crashing", "FAIL_BENCH")
+    result = subprocess.run(
+        ["bash", "bench/kernel_ab.sh", f"{good},{unbuilt},{crashing}", "causal", "4096"],
+        cwd=REPO,
+        env=stubs,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kernel-unbuilt: build failed" in result.stdout
+    assert "stub build failure" in result.stdout  # the end of its log
+    assert "kernel-crashing: bench failed or hung, left out from here on" in result.stdout
+    out = Path(stubs["OUT"])
+    assert (out / "kernel-unbuilt-build.log").exists()
+    assert not list(out.glob("kernel-unbuilt-*.json"))
+    assert not list(out.glob("kernel-crashing-*.json"))
+    assert len(list(out.glob("kernel-good-*.json"))) == 4
+    summary = (out / "summary.txt").read_text()
+    assert "kernel-good over base" in summary
+    assert "kernel-crashing" not in summary

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.kernel_ab_summary import load, main, normalised_time, ratios
+from bench.kernel_ab_summary import Normalised, load, main, normalised_time, ratios
 
 
 def _row(mask: str, ours: float, cudnn: float, graph: bool = True) -> dict[str, object]:
@@ -26,9 +26,9 @@ def _write(directory: Path, name: str, rows: list[dict[str, object]]) -> None:
     (directory / name).write_text(json.dumps({"environment": {}, "rows": rows}))
 
 
-def test_graph_times_are_preferred_and_eager_is_the_fallback() -> None:
-    assert normalised_time(_row("causal", 1.0, 4.0)) == 0.25
-    assert normalised_time(_row("causal", 3.0, 4.0, graph=False)) == 0.75
+def test_each_row_is_normalised_eager_and_graph() -> None:
+    assert normalised_time(_row("causal", 1.0, 4.0)) == Normalised(eager=0.25, graph=0.25)
+    assert normalised_time(_row("causal", 3.0, 4.0, graph=False)) == Normalised(0.75, None)
 
 
 def test_ratios_pair_each_pass_with_the_base_of_the_same_pass(
@@ -36,17 +36,22 @@ def test_ratios_pair_each_pass_with_the_base_of_the_same_pass(
 ) -> None:
     _write(tmp_path, "base-d128-pass1.json", [_row("causal", 1.0, 2.0)])
     _write(tmp_path, "base-d128-pass2.json", [_row("causal", 1.0, 4.0)])
-    # Variant: same kernel time, a faster cuDNN in pass 1 (normalisation shows it).
+    # Variant: a faster cuDNN in pass 1 (normalisation shows it); pass 2 was not replayed, so it
+    # counts for eager only and is never set against the base's graph time.
     _write(tmp_path, "kernel-v14-x-d128-pass1.json", [_row("causal", 0.9, 2.0)])
-    _write(tmp_path, "kernel-v14-x-d128-pass2.json", [_row("causal", 1.2, 4.0)])
+    _write(tmp_path, "kernel-v14-x-d128-pass2.json", [_row("causal", 1.2, 4.0, graph=False)])
     (tmp_path / "kernel-v14-x-tests.txt").write_text("37 passed")
     sides = load(tmp_path)
     assert set(sides) == {"base", "kernel-v14-x"}
-    assert ratios(sides, "kernel-v14-x") == {(128, 4096, "causal"): pytest.approx([0.9, 1.2])}
+    found = ratios(sides, "kernel-v14-x")[(128, 4096, "causal")]
+    assert found.eager == pytest.approx([0.9, 1.2])
+    assert found.graph == pytest.approx([0.9])
     assert main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "kernel-v14-x over base" in printed
-    assert "D128 S  4096 causal         mean 1.050  passes 0.900 1.200" in printed
+    assert "D128 S  4096 causal" in printed
+    assert "0.900 (0.900)" in printed
+    assert "1.050 (0.900 1.200)" in printed
 
 
 def test_no_base_is_an_error(tmp_path: Path) -> None:
