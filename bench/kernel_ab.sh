@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # A/B of kernel changes on the GPU machine: builds the kernels from HEAD ("base") and from HEAD
-# with each PATCH applied (a "variant" per patch, named by the patch file), runs the kernel GPU
-# tests on each variant, its own patched copy of them (one that fails or hangs is dropped), then bench/kernel.py for base and
-# the variants alternated, twice per head dim, writing JSON and a log under OUT, and last the
-# variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
+# with each PATCH applied (a "variant" per patch, named by the patch file), runs each variant's
+# own patched copy of the kernel GPU tests on it (one that fails or hangs is dropped), then
+# bench/kernel.py for base and the variants alternated, twice per head dim, writing JSON and a
+# log under OUT, and last the variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
 #
 #   [SANITIZE=1|NAME,...] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] [SEQ_LENS]
 #   (NAME: a patch's file name without .patch, or base)
 #
 # Needs .whl/ and .carry/ in the repository root (bench/device_env.sh installs them; `python -m
-# bench.device_carry` prepares both to carry), unless SAS_CUTLASS_INCLUDE is set already. Run 5 (2026-12-04), one patch
-# and five masks, took 278 s on an H200 (build 37 s, tests 51 s, eight benches of ~24 s); each
-# further variant adds its tests and four benches, each sanitized one about a minute.
+# bench.device_carry` prepares both to carry), unless SAS_CUTLASS_INCLUDE is set already.
+# Run 5 (2026-12-04), one patch and five masks, took 278 s on an H200 (build 37 s, tests 51 s,
+# eight benches of ~24 s); each further variant adds its tests and four benches, and each
+# sanitized side up to 3 x 90 s (sanitizer runs are not timed yet).
 set -euo pipefail
 IFS=, read -r -a patches <<<"$1"
 masks=${2:-window-1024,global-window,causal,random-0.1}
@@ -59,6 +60,13 @@ for side in "${sides[@]}"; do
   fi
 done
 library() { echo "$work/build-$1/sas_kernels.so"; }
+# Runs a command in SIDE's tree, with its sas_runtime and its library.
+in_tree() {
+  local side=$1
+  shift
+  (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
+    SAS_KERNEL_LIBRARY=$(library "$side") "$@")
+}
 
 # SANITIZE=1 (every side) or SANITIZE=NAME[,NAME...] (those sides, "base" among them):
 # compute-sanitizer's memcheck, racecheck and synccheck on one small launch
@@ -69,10 +77,8 @@ sanitize() {
   local side=$1 tool
   for tool in memcheck racecheck synccheck; do
     say "compute-sanitizer $tool on $side"
-    if (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
-      SAS_KERNEL_LIBRARY=$(library "$side") timeout -s KILL 90 \
-      compute-sanitizer --tool "$tool" --error-exitcode 3 python3 tests/gpu/sanitize_small_case.py \
-      >"$out/$side-sanitizer-$tool.txt" 2>&1); then
+    if in_tree "$side" timeout -s KILL 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      python3 tests/gpu/sanitize_small_case.py >"$out/$side-sanitizer-$tool.txt" 2>&1; then
       tail -2 "$out/$side-sanitizer-$tool.txt"
     else
       local status=$?
@@ -93,8 +99,7 @@ if selected base; then sanitize base || true; fi
 kept=(base)
 for side in "${built[@]:1}"; do
   say "kernel GPU tests on $side"
-  (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
-    SAS_KERNEL_LIBRARY=$(library "$side") PYTHONUNBUFFERED=1 timeout -s KILL 150 \
+  (in_tree "$side" env PYTHONUNBUFFERED=1 timeout -s KILL 150 \
     python3 -m pytest -v -x -p no:cacheprovider tests/gpu/test_block_sparse_attention.py \
     | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
     | tee "$out/$side-tests.txt" | tail -3) || true
