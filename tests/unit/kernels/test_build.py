@@ -93,16 +93,34 @@ def test_fake_kernel_gives_output_shapes(built_library: Path) -> None:
     assert lse.dtype == torch.float32
 
 
-def test_fake_kernel_refuses_float32(built_library: Path) -> None:
-    assert ops.load_library(built_library) is None
+def _call_fake(dtype: torch.dtype, *, window: int = -1, global_tokens: int = 0) -> None:
+    """The op on one [1, 2, 128, 64] tensor as q, k and v with a one-block mask, under the fake
+    kernel."""
     with FakeTensorMode():
-        q = torch.empty(1, 2, 128, 64)
+        q = torch.empty(1, 2, 128, 64, dtype=dtype)
         counts = torch.empty(1, 1, 1, dtype=torch.int32)
         indices = torch.empty(1, 1, 1, 1, dtype=torch.int32)
-        with pytest.raises(RuntimeError, match="bf16 or fp16"):
-            torch.ops.sas.block_sparse_attention_fwd(
-                q, q, q, counts, indices, counts, indices, None, None, 0.125, False, -1, 0
-            )
+        torch.ops.sas.block_sparse_attention_fwd(
+            q,
+            q,
+            q,
+            counts,
+            indices,
+            counts,
+            indices,
+            None,
+            None,
+            0.125,
+            False,
+            window,
+            global_tokens,
+        )
+
+
+def test_fake_kernel_refuses_float32(built_library: Path) -> None:
+    assert ops.load_library(built_library) is None
+    with pytest.raises(RuntimeError, match="bf16 or fp16"):
+        _call_fake(torch.float32)
 
 
 @pytest.mark.parametrize(
@@ -114,23 +132,5 @@ def test_fake_kernel_refuses_rules_past_int32(
 ) -> None:
     """The kernel holds positions in 32-bit ints; a wider rule would wrap, not widen."""
     assert ops.load_library(built_library) is None
-    with FakeTensorMode():
-        q = torch.empty(1, 2, 128, 64, dtype=torch.bfloat16)
-        counts = torch.empty(1, 1, 1, dtype=torch.int32)
-        indices = torch.empty(1, 1, 1, 1, dtype=torch.int32)
-        with pytest.raises(RuntimeError, match=message):
-            torch.ops.sas.block_sparse_attention_fwd(
-                q,
-                q,
-                q,
-                counts,
-                indices,
-                counts,
-                indices,
-                None,
-                None,
-                0.125,
-                False,
-                window,
-                global_tokens,
-            )
+    with pytest.raises(RuntimeError, match=message):
+        _call_fake(torch.bfloat16, window=window, global_tokens=global_tokens)
