@@ -14,6 +14,7 @@ from hack.cluster.operator_process import OperatorProcess
 from .services import (
     RESYNC_SECONDS,
     SAS,
+    Manifest,
     condition,
     controller_uid,
     sas,
@@ -34,6 +35,11 @@ def _service_monitor_crd() -> Path:
     return folder / "monitoring.coreos.com_servicemonitors.yaml"
 
 
+def _established(crd: Manifest | None) -> bool:
+    established = None if crd is None else condition(crd, "Established")
+    return established is not None and established["status"] == "True"
+
+
 @pytest.fixture
 def monitoring_crd(admin: Kubectl) -> Iterator[Path]:
     """The real ServiceMonitor CRD file; the CRD is removed from the cluster after the test."""
@@ -52,7 +58,13 @@ def test_service_monitor_appears_with_its_crd_and_goes_when_switched_off(
     assert "monitoring" in ready["message"].lower()
 
     admin.run("apply", "--server-side", "-f", str(monitoring_crd))
-    admin.run("wait", "--for=condition=Established", f"crd/{SERVICE_MONITOR_CRD}", "--timeout=60s")
+    # Polled, not `kubectl wait`: that fails outright ("accessor error: <nil>") when it reads the
+    # new CRD before the API server has written any status conditions.
+    wait_for(
+        "the ServiceMonitor CRD to be Established",
+        lambda: _established(admin.get("crd", SERVICE_MONITOR_CRD)),
+        60,
+    )
     made = wait_for(
         "the operator to create the ServiceMonitor",
         lambda: service_monitors(kube, "watched") or None,
