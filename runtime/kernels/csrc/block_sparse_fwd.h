@@ -31,7 +31,8 @@ using namespace cute;
 // reader is done with it; then the tile's output and LSE are stored.
 template <class Traits>
 CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::SharedStorage& smem,
-                         BlockSparseFwdParams const& p, int thread) {
+                         KernelArgs<Traits> const& args, int thread) {
+  BlockSparseFwdParams const& p = args.params;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -84,7 +85,8 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     if (blocks.total == 0) {
       float lse[kRows];
       softmax.finish(tOrO_rc, lse);
-      store_output<Traits>(tOrO, tOcO, tScS_rc, lse, p, tile.m_block, tile.head, tile.batch);
+      store_output<Traits>(args.tma_o, smem, tOrO, mma_pv, tScS_rc, lse, p, tile.m_block,
+                           tile.head, tile.batch, thread);
       continue;
     }
     const int q_stage = q_ring.stage();
@@ -165,8 +167,10 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
 
     float lse[kRows];
     softmax.finish(tOrO_rc, lse);
-    store_output<Traits>(tOrO, tOcO, tScS_rc, lse, p, tile.m_block, tile.head, tile.batch);
+    store_output<Traits>(args.tma_o, smem, tOrO, mma_pv, tScS_rc, lse, p, tile.m_block, tile.head,
+                         tile.batch, thread);
   }
+  finish_output_stores(thread);
 }
 
 template <class Traits>
@@ -208,14 +212,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
-    consume<Traits>(scheduler, smem, args.params, thread - 128);
+    consume<Traits>(scheduler, smem, args, thread - 128);
   }
 #endif
 }
 
 template <class Traits>
 void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream) {
-  KernelArgs<Traits> args{p, Traits::make_tma_q(p), Traits::make_tma_k(p), Traits::make_tma_v(p)};
+  KernelArgs<Traits> args{p, Traits::make_tma_q(p), Traits::make_tma_k(p), Traits::make_tma_v(p),
+                          Traits::make_tma_o(p)};
   const TileScheduler scheduler{(p.q_len + Traits::kBlockM - 1) / Traits::kBlockM, p.heads,
                                 p.batch};
   constexpr int kSmemBytes = int(sizeof(typename Traits::SharedStorage));

@@ -1,9 +1,10 @@
-// Epilogue: writes the normalised output tile and the per-row log-sum-exp, rows past q_len
-// skipped.
+// Epilogue: the normalised output tile goes through shared memory and leaves by one TMA store
+// (rows past q_len are clipped by the tensor's bounds); the per-row log-sum-exp is stored
+// directly.
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/array.h>
+#include <cutlass/arch/barrier.h>
 
 #include "params.h"
 
@@ -11,29 +12,49 @@ namespace sas {
 
 using namespace cute;
 
-// `out` is a thread's output accumulator, `coords` its (row, col) tile coordinates, and
-// `coords_rc` the (rows, cols) view of the same coordinates.
-template <class Traits, int kRows, class Output, class Coords, class CoordsRC>
-CUTE_DEVICE void store_output(Output const& out, Coords const& coords, CoordsRC const& coords_rc,
+// The consumer warpgroups' named barrier (an id past CUTLASS's reserved ones).
+constexpr int kEpilogueBarrier = 1;
+
+// `out` is a thread's output accumulator, `tiled_pv` the P V MMA, `coords_rc` the
+// (rows, cols) view of its tile coordinates; `thread` counts consumer threads.
+template <class Traits, int kRows, class Output, class TiledMma, class CoordsRC>
+CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
+                              typename Traits::SharedStorage& smem, Output const& out,
+                              TiledMma const& tiled_pv, CoordsRC const& coords_rc,
                               const float (&lse)[kRows], BlockSparseFwdParams const& p,
-                              int m_block, int head, int batch) {
+                              int m_block, int head, int batch, int thread) {
   using Element = typename Traits::Element;
-  using Pair = cutlass::Array<Element, 2>;
+  const bool issuer = thread == 0;
+  Tensor sO = make_tensor(make_smem_ptr(smem.o.data()), typename Traits::SmemLayoutO{});
+  // stmatrix: each warp writes 8x8 blocks of the fragment to the swizzled tile.
+  auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, tiled_pv);
+  auto thr_copy = smem_copy.get_thread_slice(thread);
+  Tensor converted = make_tensor_like<Element>(out);
+  CUTE_UNROLL
+  for (int i = 0; i < size(out); ++i) {
+    converted(i) = Element(out(i));
+  }
+  // The previous tile's store must have read the buffer before it is written again.
+  if (issuer) {
+    tma_store_wait<0>();
+  }
+  cutlass::arch::NamedBarrier::arrive_and_wait(Traits::kConsumerThreads, kEpilogueBarrier);
+  copy(smem_copy, thr_copy.retile_S(converted), thr_copy.partition_D(sO));
+  cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
+  cutlass::arch::NamedBarrier::arrive_and_wait(Traits::kConsumerThreads, kEpilogueBarrier);
+  if (issuer) {
+    Tensor mO =
+        tma_o.get_tma_tensor(make_shape(p.q_len, Int<Traits::kHeadDim>{}, p.heads, p.batch));
+    Tensor gO = local_tile(mO(_, _, head, batch),
+                           Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{},
+                           make_coord(m_block, 0));
+    auto cta_tma = tma_o.get_slice(0);
+    copy(tma_o, cta_tma.partition_S(sO), cta_tma.partition_D(gO));
+    tma_store_arrive();
+  }
+
   const int q_offset = m_block * Traits::kBlockM;
   const int64_t row0 = (int64_t(batch) * p.heads + head) * p.q_len;
-  Element* out_rows = static_cast<Element*>(p.out) + row0 * Traits::kHeadDim;
-  CUTE_UNROLL
-  for (int i = 0; i < size(out); i += 2) {
-    const int q = q_offset + get<0>(coords(i));
-    if (q < p.q_len) {
-      // Values i and i + 1 are adjacent columns of one row: one 4-byte store.
-      Pair pair;
-      pair[0] = Element(out(i));
-      pair[1] = Element(out(i + 1));
-      *reinterpret_cast<Pair*>(out_rows + int64_t(q) * Traits::kHeadDim + get<1>(coords(i))) =
-          pair;
-    }
-  }
   if (threadIdx.x % 4 == 0) {
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -42,6 +63,13 @@ CUTE_DEVICE void store_output(Output const& out, Coords const& coords, CoordsRC 
         p.lse[row0 + q] = lse[r];
       }
     }
+  }
+}
+
+// Before the consumers exit: the last TMA store has read shared memory.
+CUTE_DEVICE void finish_output_stores(int thread) {
+  if (thread == 0) {
+    tma_store_wait<0>();
   }
 }
 

@@ -75,8 +75,13 @@ struct TileTraits {
       make_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
                   Stride<Int<kBlockN>, _1, Int<kBlockN * kHeadDim>>{})));
 
+  // The output tile staged for the TMA store, swizzled like Q.
+  using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                             Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutO>> o;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutKV>> v;
     alignas(8) uint64_t full_q[kQStages];
@@ -113,6 +118,14 @@ struct TileTraits {
                        GmemStride{p.v_row_stride, _1{}, p.v_head_stride, p.v_batch_stride});
   }
 
+  // The output [batch, heads, q_len, D], contiguous.
+  CUTE_HOST_DEVICE static auto gmem_o(const BlockSparseFwdParams& p) {
+    const int64_t head_stride = int64_t(p.q_len) * kHeadDim;
+    return make_tensor(make_gmem_ptr(static_cast<Element*>(p.out)),
+                       GmemShape{p.q_len, Int<kHeadDim>{}, p.heads, p.batch},
+                       GmemStride{int64_t(kHeadDim), _1{}, head_stride, head_stride * p.heads});
+  }
+
   static auto make_tma_q(const BlockSparseFwdParams& p) {
     return make_tma_copy(SM90_TMA_LOAD{}, gmem_q(p), take<0, 2>(SmemLayoutQ{}),
                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
@@ -126,7 +139,13 @@ struct TileTraits {
                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
   }
 
+  static auto make_tma_o(const BlockSparseFwdParams& p) {
+    return make_tma_copy(SM90_TMA_STORE{}, gmem_o(p), SmemLayoutO{},
+                         Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+  }
+
   using TmaQ = decltype(make_tma_q(std::declval<BlockSparseFwdParams>()));
+  using TmaO = decltype(make_tma_o(std::declval<BlockSparseFwdParams>()));
   using TmaK = decltype(make_tma_k(std::declval<BlockSparseFwdParams>()));
   using TmaV = decltype(make_tma_v(std::declval<BlockSparseFwdParams>()));
 };
@@ -138,6 +157,7 @@ struct KernelArgs {
   typename Traits::TmaQ tma_q;
   typename Traits::TmaK tma_k;
   typename Traits::TmaV tma_v;
+  typename Traits::TmaO tma_o;
 };
 
 }  // namespace sas
