@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The recorded run of the kernel as it is in this tree, on the device machine: build, every GPU
+# test, compute-sanitizer (memcheck, racecheck, synccheck) on the small case, the full
+# `python -m bench.kernel` with FlexAttention, then ncu on the main case (S16K D128 random
+# 0.25). Everything lands under OUT as NAME.json (the bench), NAME-log.txt parts and
+# NAME-ncu.txt; a step that fails is reported and the rest still run, the exit status says
+# whether all passed.
+#
+#   bash bench/kernel_record.sh NAME [bench.kernel args...]
+#
+# Needs .whl/ and .carry/ in the repository root (`python -m bench.device_carry` prepares both;
+# name both in the device call's carry).
+set -uo pipefail
+name=${1:?usage: kernel_record.sh NAME [bench.kernel args...]}
+shift
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$(realpath -m "${OUT:-/tmp/kernel-record}")
+started=$(date +%s)
+say() { echo "[t=$(($(date +%s) - started))s] $*"; }
+failed=()
+
+work=$(mktemp -d)
+mkdir -p "$out" "$work/links"
+ln -s "$repo/runtime" "$work/links/sas_runtime"
+export PYTHONPATH=$work/links:$repo${PYTHONPATH:+:$PYTHONPATH}
+[ -n "${SAS_CUTLASS_INCLUDE:-}" ] || source "$repo/bench/device_env.sh"
+
+say "kernel build"
+if ! MAX_JOBS=16 python3 -m sas_runtime.kernels.build --out "$work/kernels" >"$out/$name-build.log" 2>&1; then
+  tail -40 "$out/$name-build.log"
+  say "build failed"
+  exit 1
+fi
+export SAS_KERNEL_LIBRARY=$work/kernels/sas_kernels.so
+
+say "GPU tests"
+(cd "$repo" && timeout -s KILL 240 python3 -m pytest -q -p no:cacheprovider tests/gpu \
+  >"$out/$name-gpu-tests.txt" 2>&1) || failed+=("GPU tests")
+tail -3 "$out/$name-gpu-tests.txt"
+
+for tool in memcheck racecheck synccheck; do
+  say "compute-sanitizer $tool"
+  (cd "$repo" && timeout -s KILL 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+    python3 tests/gpu/sanitize_small_case.py >"$out/$name-sanitizer-$tool.txt" 2>&1) \
+    || failed+=("$tool")
+  tail -2 "$out/$name-sanitizer-$tool.txt"
+done
+
+say "bench.kernel $*"
+(cd "$repo" && timeout -s KILL 400 python3 -m bench.kernel --library "$SAS_KERNEL_LIBRARY" \
+  --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name-bench.txt" | grep "^S=") \
+  || failed+=("bench")
+
+if command -v ncu >/dev/null; then
+  say "ncu on the main case"
+  (cd "$repo" && timeout -s KILL 120 ncu --clock-control none --set full \
+    -k regex:block_sparse_fwd -s 2 -c 1 python3 -m bench.kernel_case --mask random-0.25 \
+    --seq-len 16384 --head-dim 128 >"$out/$name-ncu.txt" 2>&1) || failed+=("ncu")
+  grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$name-ncu.txt" || true
+else
+  say "no ncu on this machine"
+fi
+
+say "done${failed[*]:+; failed: ${failed[*]}}"
+[ ${#failed[@]} -eq 0 ]

@@ -1,0 +1,123 @@
+"""bench/kernel_record.sh without a GPU: stand-ins for python3, compute-sanitizer, ncu and
+nvidia-smi record what the script asks of them; STUB_FAIL names the steps that fail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+PYTHON3 = f"""#!{sys.executable}
+import json, os, pathlib, sys
+args = sys.argv[1:]
+failing = os.environ.get("STUB_FAIL", "").split(",")
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(" ".join(args) + "\\n")
+if args[:2] == ["-m", "sas_runtime.kernels.build"]:
+    if "build" in failing:
+        sys.exit("error: stub build failure")
+    out = pathlib.Path(args[args.index("--out") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sas_kernels.so").touch()
+elif args[:2] == ["-m", "pytest"]:
+    print("1 failed" if "tests" in failing else "60 passed, 2 skipped")
+    sys.exit(1 if "tests" in failing else 0)
+elif args[:1] == ["tests/gpu/sanitize_small_case.py"]:
+    print("rmse 2.5e-04")
+elif args[:2] == ["-m", "bench.kernel"]:
+    if "bench" in failing:
+        sys.exit("Traceback: stub bench failure")
+    out = pathlib.Path(args[args.index("--out") + 1])
+    out.write_text(json.dumps({{"environment": {{}}, "rows": [{{"mask": "causal"}}]}}))
+    print("S=  4096 D=128 causal stub")
+elif args[:2] == ["-m", "bench.kernel_case"]:
+    print("random-0.25 S=16384 D=128: 1.000 ms per launch")
+else:
+    sys.exit(f"unexpected python3 {{args}}")
+"""
+
+SANITIZER = """#!/bin/sh
+echo "sanitizer $2" >>"$STUB_LOG"
+case ",$STUB_FAIL," in *",$2,"*) echo "========= ERROR SUMMARY: 1 error"; exit 3 ;; esac
+shift 4
+"$@"
+echo "========= ERROR SUMMARY: 0 errors"
+"""
+
+NCU = """#!/bin/sh
+echo "ncu $*" >>"$STUB_LOG"
+while [ "$1" != python3 ]; do shift; done
+"$@"
+echo "    Duration                         us     1000.00"
+"""
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {
+        "python3": PYTHON3,
+        "compute-sanitizer": SANITIZER,
+        "ncu": NCU,
+        "nvidia-smi": "#!/bin/sh\necho stub GPU\n",
+    }.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "STUB_LOG": str(tmp_path / "calls.log"),
+        "OUT": str(tmp_path / "out"),
+        "SAS_CUTLASS_INCLUDE": "/nonexistent",  # skips device_env.sh's installs
+    }
+
+
+def _record(stubs: dict[str, str], *args: str, fail: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "bench/kernel_record.sh", "kernel-test", *args],
+        cwd=REPO,
+        env={**stubs, "STUB_FAIL": fail},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
+    result = _record(stubs, "--seq-lens", "4096")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text()
+    assert "sanitizer memcheck" in calls
+    assert "sanitizer racecheck" in calls
+    assert "sanitizer synccheck" in calls
+    bench = next(line for line in calls.splitlines() if line.startswith("-m bench.kernel "))
+    assert bench.endswith("--seq-lens 4096")  # the bench's own arguments are passed on
+    assert "--library" in bench
+    assert "--clock-control none" in calls  # ncu leaves the clocks alone
+    out = Path(stubs["OUT"])
+    assert (out / "kernel-test.json").exists()
+    for part in ("gpu-tests.txt", "bench.txt", "ncu.txt", "sanitizer-racecheck.txt"):
+        assert (out / f"kernel-test-{part}").stat().st_size > 0, part
+    assert "per launch" in (out / "kernel-test-ncu.txt").read_text()
+    assert result.stdout.rstrip().endswith("done")
+
+
+def test_a_failing_step_is_reported_and_the_rest_still_run(stubs: dict[str, str]) -> None:
+    result = _record(stubs, fail="tests,racecheck")
+    assert result.returncode != 0
+    assert "failed: GPU tests racecheck" in result.stdout
+    assert (Path(stubs["OUT"]) / "kernel-test.json").exists()
+    assert "sanitizer synccheck" in Path(stubs["STUB_LOG"]).read_text()
+
+
+def test_a_build_failure_ends_the_run_with_its_log(stubs: dict[str, str]) -> None:
+    result = _record(stubs, fail="build")
+    assert result.returncode != 0
+    assert "stub build failure" in result.stdout
+    assert "-m bench.kernel" not in Path(stubs["STUB_LOG"]).read_text()
