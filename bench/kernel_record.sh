@@ -4,9 +4,10 @@
 # `python -m bench.kernel` with FlexAttention, then ncu on the main case (S16K D128 random
 # 0.25). Everything lands under OUT as NAME.json (the bench), NAME-log.txt parts and
 # NAME-ncu.txt; a step that fails is reported and the rest still run, the exit status says
-# whether all passed.
+# whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
+# variant an A/B just measured can be recorded in the next call, before it is committed.
 #
-#   bash bench/kernel_record.sh NAME [bench.kernel args...]
+#   [PATCHES=P1,P2] bash bench/kernel_record.sh NAME [bench.kernel args...]
 #
 # Needs .whl/ and .carry/ in the repository root (`python -m bench.device_carry` prepares both;
 # name both in the device call's carry).
@@ -20,6 +21,11 @@ say() { echo "[t=$(($(date +%s) - started))s] $*"; }
 failed=()
 
 work=$(mktemp -d)
+IFS=, read -r -a patches <<<"${PATCHES:-}"
+for patch_file in "${patches[@]}"; do
+  say "apply $patch_file"
+  patch -s -p1 -d "$repo" <"$patch_file" || exit 1
+done
 mkdir -p "$out" "$work/links"
 ln -s "$repo/runtime" "$work/links/sas_runtime"
 export PYTHONPATH=$work/links:$repo${PYTHONPATH:+:$PYTHONPATH}

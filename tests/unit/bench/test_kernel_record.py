@@ -121,3 +121,29 @@ def test_a_build_failure_ends_the_run_with_its_log(stubs: dict[str, str]) -> Non
     assert result.returncode != 0
     assert "stub build failure" in result.stdout
     assert "-m bench.kernel" not in Path(stubs["STUB_LOG"]).read_text()
+
+
+def test_patches_are_applied_before_the_build_and_a_bad_one_stops_it(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    # A copy of the script in a tree of its own: PATCHES change the tree they run in.
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "kernel_record.sh").write_text((REPO / "bench/kernel_record.sh").read_text())
+    good = tmp_path / "good.patch"
+    good.write_text("--- a/tests/MARKER\n+++ b/tests/MARKER\n@@ -0,0 +1 @@\n+marker\n")
+    bad = tmp_path / "bad.patch"
+    bad.write_text("--- a/runtime/nope.py\n+++ b/runtime/nope.py\n@@ -1 +1 @@\n-x\n+y\n")
+    run = ["bash", "bench/kernel_record.sh", "kernel-test"]
+    applied = subprocess.run(
+        run, cwd=tree, env={**stubs, "PATCHES": str(good)}, capture_output=True, text=True
+    )
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert (tree / "tests" / "MARKER").read_text() == "marker\n"
+    calls = Path(stubs["STUB_LOG"])
+    calls.unlink()
+    refused = subprocess.run(
+        run, cwd=tree, env={**stubs, "PATCHES": str(bad)}, capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert not calls.exists()  # nothing built, tested or benched
