@@ -5,7 +5,7 @@
 # bench/kernel.py for base and the variants alternated, twice per head dim, writing JSON and a
 # log under OUT, and last the variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
 #
-#   [SANITIZE=1|NAME,...] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] [SEQ_LENS]
+#   [SANITIZE=1|NAME,...] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] [SEQ_LENS] [HEAD_DIMS]
 #   (NAME: a patch's file name without .patch, or base)
 #
 # Needs .whl/ and .carry/ in the repository root (bench/device_env.sh installs them; `python -m
@@ -17,6 +17,7 @@ set -euo pipefail
 IFS=, read -r -a patches <<<"$1"
 masks=${2:-window-1024,global-window,causal,random-0.1}
 seq_lens=${3:-4096,16384,32768}
+IFS=, read -r -a head_dims <<<"${4:-128,64}"
 out=$(realpath -m "${OUT:-/tmp/kernel-ab}")
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -119,7 +120,7 @@ declare -A dropped
 
 # Each bench gets 120 s; a variant whose bench fails or hangs is left out of the rest.
 for pass in 1 2; do
-  for head_dim in 128 64; do
+  for head_dim in "${head_dims[@]}"; do
     for side in "${kept[@]}"; do
       [ -n "${dropped[$side]:-}" ] && continue
       say "bench $side D$head_dim pass $pass"

@@ -163,3 +163,20 @@ def test_variants_that_do_not_build_or_whose_bench_fails_are_left_out(
     summary = (out / "summary.txt").read_text()
     assert "kernel-good over base" in summary
     assert "kernel-crashing" not in summary
+
+
+def test_head_dims_pick_which_benches_run(tmp_path: Path, stubs: dict[str, str]) -> None:
+    good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
+    result = subprocess.run(
+        ["bash", "bench/kernel_ab.sh", str(good), "causal", "4096", "128"],
+        cwd=REPO,
+        env=stubs,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    benched = sorted(p.name for p in Path(stubs["OUT"]).glob("*-pass*.json"))
+    assert benched == sorted(
+        f"{side}-d128-pass{n}.json" for side in ("base", "kernel-good") for n in (1, 2)
+    )
