@@ -4,12 +4,13 @@ record what the script asks of them, so a device call is not the first run of it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.unit.bench.device_stubs import stub_environment
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -66,22 +67,18 @@ def _patch(tmp_path: Path, name: str, new_file: str) -> Path:
 
 @pytest.fixture
 def stubs(tmp_path: Path) -> dict[str, str]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in {
-        "python3": PYTHON3,
-        "compute-sanitizer": SANITIZER,
-        "nvidia-smi": "#!/bin/sh\necho stub GPU\n",
-    }.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    return {
-        **os.environ,
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "STUB_LOG": str(tmp_path / "calls.log"),
-        "OUT": str(tmp_path / "out"),
-        "SAS_CUTLASS_INCLUDE": "/nonexistent",  # skips device_env.sh's installs
-    }
+    return stub_environment(tmp_path, {"python3": PYTHON3, "compute-sanitizer": SANITIZER})
+
+
+def _ab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "bench/kernel_ab.sh", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_each_variant_is_tested_a_failing_one_dropped_the_rest_alternated(
@@ -89,14 +86,7 @@ def test_each_variant_is_tested_a_failing_one_dropped_the_rest_alternated(
 ) -> None:
     good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
     bad = _patch(tmp_path, "kernel-bad", "FAIL_TESTS")
-    result = subprocess.run(
-        ["bash", "bench/kernel_ab.sh", f"{good},{bad}", "causal", "4096"],
-        cwd=REPO,
-        env={**stubs, "SANITIZE": "base,kernel-good"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _ab({**stubs, "SANITIZE": "base,kernel-good"}, f"{good},{bad}", "causal", "4096")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "kernel-bad: tests failed or hung, not benchmarked" in result.stdout
     out = Path(stubs["OUT"])
@@ -124,14 +114,7 @@ def test_a_patch_that_does_not_apply_stops_before_any_build(
 ) -> None:
     broken = tmp_path / "kernel-broken.patch"
     broken.write_text("--- a/runtime/nope.py\n+++ b/runtime/nope.py\n@@ -1 +1 @@\n-x\n+y\n")
-    result = subprocess.run(
-        ["bash", "bench/kernel_ab.sh", str(broken), "causal", "4096"],
-        cwd=REPO,
-        env=stubs,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _ab(stubs, str(broken), "causal", "4096")
     assert result.returncode != 0
     calls = Path(stubs["STUB_LOG"])
     assert not calls.exists() or "sas_runtime.kernels.build" not in calls.read_text()
@@ -143,14 +126,7 @@ def test_variants_that_do_not_build_or_whose_bench_fails_are_left_out(
     good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
     unbuilt = _patch(tmp_path, "kernel-unbuilt", "FAIL_BUILD")
     crashing = _patch(tmp_path, "kernel-crashing", "FAIL_BENCH")
-    result = subprocess.run(
-        ["bash", "bench/kernel_ab.sh", f"{good},{unbuilt},{crashing}", "causal", "4096"],
-        cwd=REPO,
-        env=stubs,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _ab(stubs, f"{good},{unbuilt},{crashing}", "causal", "4096")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "kernel-unbuilt: build failed" in result.stdout
     assert "stub build failure" in result.stdout  # the end of its log
@@ -167,14 +143,7 @@ def test_variants_that_do_not_build_or_whose_bench_fails_are_left_out(
 
 def test_head_dims_pick_which_benches_run(tmp_path: Path, stubs: dict[str, str]) -> None:
     good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
-    result = subprocess.run(
-        ["bash", "bench/kernel_ab.sh", str(good), "causal", "4096", "128"],
-        cwd=REPO,
-        env=stubs,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _ab(stubs, str(good), "causal", "4096", "128")
     assert result.returncode == 0, result.stdout + result.stderr
     benched = sorted(p.name for p in Path(stubs["OUT"]).glob("*-pass*.json"))
     assert benched == sorted(

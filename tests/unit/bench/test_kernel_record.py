@@ -3,12 +3,13 @@ nvidia-smi record what the script asks of them; STUB_FAIL names the steps that f
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.unit.bench.device_stubs import stub_environment
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -59,23 +60,9 @@ echo "    Duration                         us     1000.00"
 
 @pytest.fixture
 def stubs(tmp_path: Path) -> dict[str, str]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in {
-        "python3": PYTHON3,
-        "compute-sanitizer": SANITIZER,
-        "ncu": NCU,
-        "nvidia-smi": "#!/bin/sh\necho stub GPU\n",
-    }.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    return {
-        **os.environ,
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "STUB_LOG": str(tmp_path / "calls.log"),
-        "OUT": str(tmp_path / "out"),
-        "SAS_CUTLASS_INCLUDE": "/nonexistent",  # skips device_env.sh's installs
-    }
+    return stub_environment(
+        tmp_path, {"python3": PYTHON3, "compute-sanitizer": SANITIZER, "ncu": NCU}
+    )
 
 
 def _record(stubs: dict[str, str], *args: str, fail: str = "") -> subprocess.CompletedProcess[str]:
