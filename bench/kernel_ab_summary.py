@@ -2,7 +2,11 @@
 each side's kernel time normalised to its own run's cuDNN dense time, variant over base, for
 each pass and their mean, from graph replays (where both sides have them) and from eager calls.
 
-    python -m bench.kernel_ab_summary OUT_DIR
+    python -m bench.kernel_ab_summary OUT_DIR [--winners]
+
+`--winners` prints instead, comma-separated, the variants that the notes' rule adopts: no row
+slower than base beyond the noise (mean ratio over passes at most 1.05) and faster over all rows
+(geometric mean of the row means below 0.99), from graph replays where a row has them.
 """
 
 from __future__ import annotations
@@ -75,6 +79,18 @@ def ratios(
     return found
 
 
+NOISE = 1.05
+"""Row ratios up to this are within the run-to-run spread of one machine (KERNEL_NOTES.md)."""
+GAIN = 0.99
+"""A variant must beat base by this much over all rows to be worth its code."""
+
+
+def wins(found: dict[RowKey, Ratios]) -> bool:
+    """Whether a variant's rows (variant over base) meet the adoption rule."""
+    means = [statistics.fmean(r.graph or r.eager) for r in found.values() if r.graph or r.eager]
+    return bool(means) and max(means) <= NOISE and statistics.geometric_mean(means) < GAIN
+
+
 def _column(values: list[float]) -> str:
     if not values:
         return f"{'-':>5} {'':<12}"
@@ -85,11 +101,16 @@ def _column(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--winners", action="store_true", help="print the variants to adopt")
     args = parser.parse_args(argv)
     sides = load(args.out_dir)
     if "base" not in sides:
         print(f"no base results under {args.out_dir}")
         return 1
+    if args.winners:
+        variants = sorted(set(sides) - {"base"})
+        print(",".join(v for v in variants if wins(ratios(sides, v))))
+        return 0
     for variant in sorted(set(sides) - {"base"}):
         print(f"{variant} over base (each normalised to its run's cuDNN dense; < 1 is faster)")
         print(f"  {'row':<29} graph mean (passes)     eager mean (passes)")

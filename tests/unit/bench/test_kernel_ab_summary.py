@@ -56,3 +56,30 @@ def test_ratios_pair_each_pass_with_the_base_of_the_same_pass(
 
 def test_no_base_is_an_error(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 1
+
+
+def test_winners_are_faster_overall_and_nowhere_slower_beyond_noise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [_row("causal", 1.0, 2.0), _row("window", 1.0, 2.0)]
+    _write(tmp_path, "base-d128-pass1.json", base)
+    # faster on one row, equal on the other: adopted
+    _write(
+        tmp_path, "kernel-a-d128-pass1.json", [_row("causal", 0.9, 2.0), _row("window", 1.0, 2.0)]
+    )
+    # much faster on one row but 8% slower on the other: not adopted
+    _write(
+        tmp_path, "kernel-b-d128-pass1.json", [_row("causal", 0.7, 2.0), _row("window", 1.08, 2.0)]
+    )
+    # within noise both ways, no gain overall: not adopted
+    _write(
+        tmp_path, "kernel-c-d128-pass1.json", [_row("causal", 0.98, 2.0), _row("window", 1.03, 2.0)]
+    )
+    # no graph replay: judged on eager times (slower by the cuDNN normalisation: 1.0/2 vs 1.0/1.6)
+    _write(
+        tmp_path,
+        "kernel-d-d128-pass1.json",
+        [_row("causal", 1.0, 1.6, graph=False), _row("window", 1.0, 2.0, graph=False)],
+    )
+    assert main([str(tmp_path), "--winners"]) == 0
+    assert capsys.readouterr().out.strip() == "kernel-a"
