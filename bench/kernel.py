@@ -149,12 +149,18 @@ def environment(command: list[str]) -> dict[str, Any]:
     }
 
 
+def inputs_for(seq_len: int, head_dim: int, heads: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v of one benchmark shape (batch 1, bfloat16), seeded by the shape so that every
+    run, and bench.kernel_case's profiled launch, sees the same data."""
+    torch.manual_seed(seq_len + head_dim)
+    shape = (1, heads, seq_len, head_dim)
+    return tuple(torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+
+
 def bench_shape(
     seq_len: int, head_dim: int, heads: int, mask_names: list[str], with_flex: bool
 ) -> list[dict[str, Any]]:
-    torch.manual_seed(seq_len + head_dim)
-    shape = (1, heads, seq_len, head_dim)
-    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = inputs_for(seq_len, head_dim, heads)
     dense_flops = 4 * heads * seq_len * seq_len * head_dim
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.kernel import masks_for
+from bench.kernel import inputs_for, masks_for
 from sas_runtime.kernels import ops
 
 
@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"cannot run the kernel: {reason}", file=sys.stderr)
         return 1
-    torch.manual_seed(args.seq_len + args.head_dim)
-    shape = (1, args.heads, args.seq_len, args.head_dim)
-    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
     mask = masks_for(args.heads, args.seq_len, [args.mask])[args.mask]
     start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
     end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
