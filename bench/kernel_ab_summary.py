@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     if "base" not in sides:
         print(f"no base results under {args.out_dir}")
         return 1
+    variants = sorted(set(sides) - {"base"})
     if args.winners:
-        variants = sorted(set(sides) - {"base"})
         print(",".join(v for v in variants if wins(ratios(sides, v))))
         return 0
-    for variant in sorted(set(sides) - {"base"}):
+    for variant in variants:
         print(f"{variant} over base (each normalised to its run's cuDNN dense; < 1 is faster)")
         print(f"  {'row':<29} graph mean (passes)     eager mean (passes)")
         for key, found in sorted(ratios(sides, variant).items()):

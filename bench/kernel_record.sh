@@ -2,8 +2,8 @@
 # The recorded run of the kernel as it is in this tree, on the device machine: build, every GPU
 # test, compute-sanitizer (memcheck, racecheck, synccheck) on the small case, the full
 # `python -m bench.kernel` with FlexAttention, then ncu on the main case (S16K D128 random
-# 0.25). Everything lands under OUT as NAME.json (the bench), NAME-log.txt parts and
-# NAME-ncu.txt; a step that fails is reported and the rest still run, the exit status says
+# 0.25). Everything lands under OUT: NAME.json (the bench's result), NAME-bench.txt,
+# NAME-build.log, NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt and NAME-ncu.txt; a step that fails is reported and the rest still run, the exit status says
 # whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
 # variant an A/B just measured can be recorded in the next call, before it is committed.
 #

@@ -65,11 +65,13 @@ def stubs(tmp_path: Path) -> dict[str, str]:
     )
 
 
-def _record(stubs: dict[str, str], *args: str, fail: str = "") -> subprocess.CompletedProcess[str]:
+def _record(
+    env: dict[str, str], *args: str, fail: str = "", tree: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "bench/kernel_record.sh", "kernel-test", *args],
-        cwd=REPO,
-        env={**stubs, "STUB_FAIL": fail},
+        cwd=tree,
+        env={**env, "STUB_FAIL": fail},
         capture_output=True,
         text=True,
         timeout=60,
@@ -121,16 +123,11 @@ def test_patches_are_applied_before_the_build_and_a_bad_one_stops_it(
     good.write_text("--- a/tests/MARKER\n+++ b/tests/MARKER\n@@ -0,0 +1 @@\n+marker\n")
     bad = tmp_path / "bad.patch"
     bad.write_text("--- a/runtime/nope.py\n+++ b/runtime/nope.py\n@@ -1 +1 @@\n-x\n+y\n")
-    run = ["bash", "bench/kernel_record.sh", "kernel-test"]
-    applied = subprocess.run(
-        run, cwd=tree, env={**stubs, "PATCHES": str(good)}, capture_output=True, text=True
-    )
+    applied = _record({**stubs, "PATCHES": str(good)}, tree=tree)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert (tree / "tests" / "MARKER").read_text() == "marker\n"
     calls = Path(stubs["STUB_LOG"])
     calls.unlink()
-    refused = subprocess.run(
-        run, cwd=tree, env={**stubs, "PATCHES": str(bad)}, capture_output=True, text=True
-    )
+    refused = _record({**stubs, "PATCHES": str(bad)}, tree=tree)
     assert refused.returncode != 0
     assert not calls.exists()  # nothing built, tested or benched
