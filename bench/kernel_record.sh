@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The recorded run of the kernel as it is in this tree, on the device machine: build, every GPU
-# test, compute-sanitizer (memcheck, racecheck, synccheck) on the small case, the full
-# `python -m bench.kernel` with FlexAttention, then ncu on the main case (S16K D128 random
-# 0.25). Everything lands under OUT: NAME.json (the bench's result), NAME-bench.txt,
+# The recorded run of the kernel as it is in this tree, on the device machine: build,
+# compute-sanitizer (memcheck, racecheck, synccheck) on the small case, the full
+# `python -m bench.kernel` with FlexAttention, ncu on the main case (S16K D128 random 0.25), then
+# every GPU test. The tests come last so that a call's time limit cuts them first: kernel_ab.sh
+# has already run the kernel's own GPU tests on any variant it measured. Everything lands under OUT: NAME.json (the bench's result), NAME-bench.txt,
 # NAME-build.log, NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt and NAME-ncu.txt; a step that fails is reported and the rest still run, the exit status says
 # whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
 # variant an A/B just measured can be recorded in the next call, before it is committed.
@@ -39,11 +40,6 @@ if ! MAX_JOBS=16 python3 -m sas_runtime.kernels.build --out "$work/kernels" >"$o
 fi
 export SAS_KERNEL_LIBRARY=$work/kernels/sas_kernels.so
 
-say "GPU tests"
-(cd "$repo" && timeout -s KILL 240 python3 -m pytest -q -p no:cacheprovider tests/gpu \
-  >"$out/$name-gpu-tests.txt" 2>&1) || failed+=("GPU tests")
-tail -3 "$out/$name-gpu-tests.txt"
-
 for tool in memcheck racecheck synccheck; do
   say "compute-sanitizer $tool"
   (cd "$repo" && timeout -s KILL 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
@@ -66,6 +62,11 @@ if command -v ncu >/dev/null; then
 else
   say "no ncu on this machine"
 fi
+
+say "GPU tests"
+(cd "$repo" && timeout -s KILL 240 python3 -m pytest -q -p no:cacheprovider tests/gpu \
+  >"$out/$name-gpu-tests.txt" 2>&1) || failed+=("GPU tests")
+tail -3 "$out/$name-gpu-tests.txt"
 
 say "done${failed[*]:+; failed: ${failed[*]}}"
 [ ${#failed[@]} -eq 0 ]

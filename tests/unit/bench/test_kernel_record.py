@@ -100,7 +100,7 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
 def test_a_failing_step_is_reported_and_the_rest_still_run(stubs: dict[str, str]) -> None:
     result = _record(stubs, fail="tests,racecheck")
     assert result.returncode != 0
-    assert "failed: GPU tests racecheck" in result.stdout
+    assert "failed: racecheck GPU tests" in result.stdout
     assert (Path(stubs["OUT"]) / "kernel-test.json").exists()
     assert "sanitizer synccheck" in Path(stubs["STUB_LOG"]).read_text()
 
@@ -131,3 +131,21 @@ def test_patches_are_applied_before_the_build_and_a_bad_one_stops_it(
     refused = _record({**stubs, "PATCHES": str(bad)}, tree=tree)
     assert refused.returncode != 0
     assert not calls.exists()  # nothing built, tested or benched
+
+
+def test_the_gpu_tests_run_last_so_a_time_limit_cuts_them_first(stubs: dict[str, str]) -> None:
+    result = _record(stubs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
+
+    def position(prefix: str) -> int:
+        return next(i for i, line in enumerate(calls) if line.startswith(prefix))
+
+    order = [
+        position("-m sas_runtime.kernels.build"),
+        position("sanitizer memcheck"),
+        position("-m bench.kernel "),
+        position("ncu "),
+        position("-m pytest"),
+    ]
+    assert order == sorted(order), calls
