@@ -61,12 +61,15 @@ for side in "${sides[@]}"; do
   fi
 done
 library() { echo "$work/build-$1/sas_kernels.so"; }
-# Runs a command in SIDE's tree, with its sas_runtime and its library.
+# Runs a command in SIDE's tree, with its sas_runtime, its library and its own torch.compile
+# caches: Inductor's cache key leaves out a custom op's schema, so code compiled against one
+# side's op (run 7: v14's extra tile_order argument) would be replayed against another's.
 in_tree() {
   local side=$1
   shift
   (cd "$work/tree-$side" && PYTHONPATH="$work/site-$side:$work/tree-$side:${PYTHONPATH:-}" \
-    SAS_KERNEL_LIBRARY=$(library "$side") "$@")
+    SAS_KERNEL_LIBRARY=$(library "$side") TORCHINDUCTOR_CACHE_DIR="$work/inductor-$side" \
+    TRITON_CACHE_DIR="$work/triton-$side" "$@")
 }
 
 # SANITIZE=1 (every side) or SANITIZE=NAME[,NAME...] (those sides, "base" among them):
@@ -102,7 +105,7 @@ for side in "${built[@]:1}"; do
   say "kernel GPU tests on $side"
   (in_tree "$side" env PYTHONUNBUFFERED=1 timeout -s KILL 150 \
     python3 -m pytest -v -x -p no:cacheprovider tests/gpu/test_block_sparse_attention.py \
-    | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
+    | tee "$out/$side-tests-full.txt" | grep --line-buffered -E "PASSED|FAILED|ERROR|passed|failed" \
     | tee "$out/$side-tests.txt" | tail -3) || true
   if ! grep -qE "[0-9]+ passed" "$out/$side-tests.txt" \
     || grep -qE "[0-9]+ (failed|errors?)\b" "$out/$side-tests.txt"; then

@@ -91,7 +91,7 @@ class ElementMask:
         return self.allowed(b, q_idx, kv_idx).expand(batch, q_len, kv_len)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class BlockMask:
     """A compiled pattern in FlexAttention's BlockMask layout (forward pairs only).
 

@@ -8,6 +8,7 @@ stops the op from running here (None when it can run).
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ __all__ = [
     "block_sparse_attention",
     "library_path",
     "load_library",
+    "long_tiles_first_order",
     "unavailable_reason",
 ]
 
@@ -91,6 +93,7 @@ def _block_sparse_attention_fwd_fake(
     causal: bool,
     window: int,
     global_tokens: int,
+    tile_order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _require(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "q, k, v must be 4-D")
     _require(k.dtype == q.dtype and v.dtype == q.dtype, "q, k, v dtypes differ")
@@ -103,9 +106,65 @@ def _block_sparse_attention_fwd_fake(
     _require(-1 <= window <= _MAX_TOKENS, "window must be -1 (none) or in [0, 2^31)")
     _require(0 <= global_tokens <= _MAX_TOKENS, "global_tokens must be in [0, 2^31)")
     batch, heads, q_len, head_dim = q.shape
+    if tile_order is not None:
+        _require(tile_order.dtype == torch.int32, "tile_order must be int32")
+        tiles = batch * heads * -(-q_len // BLOCK_SIZE)
+        _require(tile_order.shape == (tiles,), "tile_order must hold one entry per tile")
     out = q.new_empty(batch, heads, q_len, head_dim)
     lse = q.new_empty(batch, heads, q_len, dtype=torch.float32)
     return out, lse
+
+
+def long_tiles_first_order(
+    block_mask: BlockMask, *, batch: int, heads: int, q_blocks: int
+) -> torch.Tensor:
+    """The kernel's tiles as int32 tile numbers for the op's `tile_order`, in classes of the
+    key blocks each visits (1, 2-3, 4-7, ...), the longest class first; within a class the
+    kernel's own order (one head at a time, query blocks from the last down). Long tiles first
+    keeps one from starting late and running alone at the end; classes rather than a full
+    sort keep few heads' K/V in flight, so they stay in L2 (bench/schedule_model.py)."""
+    counts = (
+        block_mask.kv_num_blocks[..., :q_blocks] + block_mask.full_kv_num_blocks[..., :q_blocks]
+    )
+    counts = counts.expand(batch, heads, q_blocks).flip(-1).reshape(-1)
+    _, exponent = torch.frexp(counts.float())  # floor(log2(count)) + 1, and 0 for no blocks
+    return torch.argsort(exponent, descending=True, stable=True).to(torch.int32)
+
+
+_tile_orders: weakref.WeakKeyDictionary[BlockMask, dict[tuple[int, int, int], torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_MIN_KV_BLOCKS_TO_ORDER = 16
+"""Below 16 key blocks (2,048 keys) no tile is long enough for its tail to matter."""
+
+
+def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Tensor | None:
+    """The schedule for this call: None when order cannot matter (every tile fits the first
+    wave) or cannot matter much (no tile can visit 16 key blocks); else
+    `long_tiles_first_order`, computed once per mask and shape by an eager call on plain
+    tensors. A graph capture uses that order if it exists (its values are final; a mask
+    refreshed in place later only makes it a worse schedule, never a wrong one) and otherwise
+    computes its own inside the graph, uncached; torch.compile and fake tensors always compute
+    their own."""
+    batch, heads, q_len, _ = q.shape
+    q_blocks = -(-q_len // BLOCK_SIZE)
+    if -(-kv_len // BLOCK_SIZE) < _MIN_KV_BLOCKS_TO_ORDER:
+        return None
+    if batch * heads * q_blocks <= torch.cuda.get_device_properties(q.device).multi_processor_count:
+        return None
+    plain = type(q) is torch.Tensor and type(block_mask.kv_num_blocks) is torch.Tensor
+    if torch.compiler.is_compiling() or not plain:
+        return long_tiles_first_order(block_mask, batch=batch, heads=heads, q_blocks=q_blocks)
+    key = (batch, heads, q_blocks)
+    cached = _tile_orders.get(block_mask, {}).get(key)
+    if cached is not None:
+        return cached
+    order = long_tiles_first_order(block_mask, batch=batch, heads=heads, q_blocks=q_blocks)
+    if not torch.cuda.is_current_stream_capturing():
+        _tile_orders.setdefault(block_mask, {})[key] = order
+    return order
 
 
 def block_sparse_attention(
@@ -143,5 +202,6 @@ def block_sparse_attention(
         element.causal,
         -1 if element.window is None else element.window,
         element.global_tokens,
+        _tile_order(block_mask, q, k.shape[2]),
     )
     return result

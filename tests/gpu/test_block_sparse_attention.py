@@ -259,3 +259,71 @@ def test_compiles_fullgraph() -> None:
 
     eager = ops.block_sparse_attention(q, k, v, block_mask=mask)[0] * 2
     torch.testing.assert_close(attend(q, k, v), eager, rtol=0, atol=0)
+
+
+def _op_with_order(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, order: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(
+        q,
+        k,
+        v,
+        mask.kv_num_blocks,
+        mask.kv_indices,
+        mask.full_kv_num_blocks,
+        mask.full_kv_indices,
+        None,
+        None,
+        0.1,
+        True,
+        -1,
+        0,
+        order,
+    )
+    return result
+
+
+def test_any_tile_order_gives_the_same_bits() -> None:
+    """Each tile's result does not depend on which CTA runs it or when: the kernel's own order,
+    long tiles first and a random permutation agree bit for bit (2 x 8 heads x 17 blocks)."""
+    torch.manual_seed(11)
+    case = Case("orders", 2, 8, 2, 2100, 2100, 128, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    mask = _random_mask(2, 8, 2100, 2100, 0.4)
+    tiles = 2 * 8 * 17
+    own = _op_with_order(q, k, v, mask, None)
+    long_first = ops.long_tiles_first_order(mask, batch=2, heads=8, q_blocks=17)
+    assert sorted(long_first.tolist()) == list(range(tiles))
+    for order in (long_first, torch.randperm(tiles, device=DEVICE).to(torch.int32)):
+        again = _op_with_order(q, k, v, mask, order)
+        assert torch.equal(own[0], again[0])
+        assert torch.equal(own[1], again[1])
+
+
+def test_long_tiles_first_under_graph_capture_and_compile() -> None:
+    """The wrapper orders tiles here (272 tiles, 17 key blocks): a graph replay and a compiled
+    call, which compute the order inside the graph, match the eager call."""
+    torch.manual_seed(12)
+    case = Case("ordered", 2, 8, 2, 2100, 2100, 64, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    mask = _random_mask(2, 8, 2100, 2100, 0.4)
+    assert ops._tile_order(mask, q, k.shape[2]) is not None
+    eager = ops.block_sparse_attention(q, k, v, block_mask=mask)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.block_sparse_attention(q, k, v, block_mask=mask)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = ops.block_sparse_attention(q, k, v, block_mask=mask)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed[0], eager[0])
+
+    @torch.compile(fullgraph=True)
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return ops.block_sparse_attention(q, k, v, block_mask=mask)[0]
+
+    assert torch.equal(attend(q, k, v), eager[0])

@@ -71,7 +71,8 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
     const at::Tensor& kv_num_blocks, const at::Tensor& kv_indices,
     const at::Tensor& full_kv_num_blocks, const at::Tensor& full_kv_indices,
     const std::optional<at::Tensor>& document_ids, const std::optional<at::Tensor>& kv_lengths,
-    double scale, bool causal, int64_t window, int64_t global_tokens) {
+    double scale, bool causal, int64_t window, int64_t global_tokens,
+    const std::optional<at::Tensor>& tile_order) {
   check_qkv(q, "q", q);
   check_qkv(k, "k", q);
   check_qkv(v, "v", q);
@@ -124,6 +125,14 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
   TORCH_CHECK(window >= -1 && window <= kMaxTokens, "window must be -1 (none) or in [0, 2^31)");
   TORCH_CHECK(global_tokens >= 0 && global_tokens <= kMaxTokens,
               "global_tokens must be in [0, 2^31)");
+
+  if (tile_order.has_value()) {
+    const at::Tensor& order = *tile_order;
+    check_mask_tensor(order, "tile_order", 1, q);
+    TORCH_CHECK(order.size(0) == batch * heads * q_blocks && order.stride(0) == 1,
+                "tile_order must be a contiguous [batch * heads * query blocks] tensor");
+    p.tile_order = order.data_ptr<int32_t>();
+  }
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -187,12 +196,15 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
 
 }  // namespace
 
+// tile_order: optional int32 [batch * heads * query blocks], a permutation of the tiles (in the
+// kernel's numbering: one (batch, head) at a time, query blocks from the last down) giving the
+// order the persistent CTAs take them in; sas_runtime.kernels.ops.long_tiles_first_order.
 TORCH_LIBRARY(sas, m) {
   m.def(
       "block_sparse_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, "
       "Tensor kv_indices, Tensor full_kv_num_blocks, Tensor full_kv_indices, "
-      "Tensor? document_ids, Tensor? kv_lengths, float scale, bool causal, int window, int global_tokens) "
-      "-> (Tensor out, Tensor lse)");
+      "Tensor? document_ids, Tensor? kv_lengths, float scale, bool causal, int window, int global_tokens, "
+      "Tensor? tile_order=None) -> (Tensor out, Tensor lse)");
 }
 
 TORCH_LIBRARY_IMPL(sas, CUDA, m) {

@@ -134,9 +134,13 @@ struct Producer {
     // The first tile is the CTA's own; each next one is taken once this one's copies are issued.
     int t = blockIdx.x;
     for (; t < scheduler.num_tiles(); t = gridDim.x + atomicAdd(p.tile_counter, 1)) {
-      const Tile tile = scheduler.tile(t);
+      // A given order is clamped, so that a bad entry repeats a tile rather than leave the tensors.
+      const int index = p.tile_order == nullptr
+                            ? t
+                            : min(max(p.tile_order[t], 0), scheduler.num_tiles() - 1);
+      const Tile tile = scheduler.tile(index);
       const BlockList blocks = make_block_list(p, tile);
-      post_tile(smem, tile_ring, PostedTile{t, blocks.full_count, blocks.total});
+      post_tile(smem, tile_ring, PostedTile{index, blocks.full_count, blocks.total});
       if (blocks.total == 0) {
         continue;
       }

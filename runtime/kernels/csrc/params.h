@@ -44,6 +44,10 @@ struct BlockSparseFwdParams {
   const int32_t* kv_lengths;  // [batch] valid keys per sequence (keys past it are hidden), or nullptr
 
   int* tile_counter;  // one int, zero at launch: tiles taken past each CTA's first
+  // [batch * heads * q_blocks]: the tile (in TileScheduler's numbering) taken at each position
+  // of the schedule, a permutation (entries are clamped, not checked: a repeated tile leaves
+  // another unwritten), or nullptr for TileScheduler's own order.
+  const int32_t* tile_order;
 
   float scale_log2;  // softmax scale * log2(e)
   float scale;       // softmax scale

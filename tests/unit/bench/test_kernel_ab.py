@@ -22,7 +22,8 @@ import json, os, pathlib, subprocess, sys
 args = sys.argv[1:]
 log = pathlib.Path(os.environ["STUB_LOG"])
 with log.open("a") as f:
-    f.write(" ".join(args) + " | " + os.environ.get("PYTHONPATH", "").split(":")[0] + "\\n")
+    f.write(" ".join(args) + " | " + os.environ.get("PYTHONPATH", "").split(":")[0]
+            + " | " + os.environ.get("TORCHINDUCTOR_CACHE_DIR", "") + "\\n")
 site = os.environ.get("PYTHONPATH", "").split(":")[0]
 tree = (pathlib.Path(site) / "sas_runtime").resolve().parent
 if args[:2] == ["-m", "pip"]:
@@ -101,6 +102,10 @@ def test_each_variant_is_tested_a_failing_one_dropped_the_rest_alternated(
     calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
     bench_sites = {line.split(" | ")[1] for line in calls if line.startswith("-m bench.kernel ")}
     assert {Path(site).name for site in bench_sites} == {"site-base", "site-kernel-good"}
+    # Each side's GPU tests compile into a cache of their own (Inductor's key leaves out the op's
+    # schema, so a shared cache replays one side's compiled calls against another's op).
+    test_caches = [line.split(" | ")[2] for line in calls if line.startswith("-m pytest ")]
+    assert len(test_caches) == 2 and all(test_caches) and len(set(test_caches)) == 2
     sanitized = Path(stubs["STUB_LOG"] + ".sanitized").read_text().split()
     assert [Path(site).name for site in sanitized] == ["site-base"] * 3 + ["site-kernel-good"] * 3
     summary = (out / "summary.txt").read_text()

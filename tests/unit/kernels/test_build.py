@@ -134,3 +134,18 @@ def test_fake_kernel_refuses_rules_past_int32(
     assert ops.load_library(built_library) is None
     with pytest.raises(RuntimeError, match=message):
         _call_fake(torch.bfloat16, window=window, global_tokens=global_tokens)
+
+
+def test_fake_kernel_checks_the_tile_order(built_library: Path) -> None:
+    assert ops.load_library(built_library) is None
+    with FakeTensorMode():
+        q = torch.empty(1, 2, 300, 64, dtype=torch.bfloat16)
+        counts = torch.empty(1, 1, 3, dtype=torch.int32)
+        indices = torch.empty(1, 1, 3, 3, dtype=torch.int32)
+        args = (q, q, q, counts, indices, counts, indices, None, None, 0.125, False, -1, 0)
+        out, _ = torch.ops.sas.block_sparse_attention_fwd(*args, torch.empty(6, dtype=torch.int32))
+        assert out.shape == q.shape
+        with pytest.raises(RuntimeError, match="one entry per tile"):
+            torch.ops.sas.block_sparse_attention_fwd(*args, torch.empty(5, dtype=torch.int32))
+        with pytest.raises(RuntimeError, match="tile_order must be int32"):
+            torch.ops.sas.block_sparse_attention_fwd(*args, torch.empty(6, dtype=torch.int64))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sas_runtime.block_mask import compile_block_mask
-from sas_runtime.config import PatternConfig
+from sas_runtime.config import PatternConfig, PatternType
 from sas_runtime.kernels import ops
 
 
@@ -38,3 +38,21 @@ def test_masks_with_64_token_blocks_are_refused_before_the_kernel() -> None:
     q = torch.zeros(1, 1, 128, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="128-token blocks"):
         ops.block_sparse_attention(q, q, q, block_mask=mask)
+
+
+def test_long_tiles_first_order_takes_length_classes_in_the_kernels_order() -> None:
+    """Causal, 8 query blocks, 2 heads (the mask broadcasts over them): tile i is head i // 8,
+    query block 7 - i % 8, visiting 8 - i % 8 key blocks."""
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    order = ops.long_tiles_first_order(mask, batch=1, heads=2, q_blocks=8)
+    assert order.dtype == torch.int32
+    # 8 blocks; 4-7; 2-3; 1: each class head 0 first, query blocks descending.
+    assert order.tolist() == [0, 8, 1, 2, 3, 4, 9, 10, 11, 12, 5, 6, 13, 14, 7, 15]
+
+
+def test_no_tile_order_while_the_keys_span_under_16_blocks() -> None:
+    mask = compile_block_mask(PatternConfig(), batch=64, q_len=1920, kv_len=1920)
+    q = torch.zeros(64, 12, 1920, 64, dtype=torch.bfloat16)
+    assert ops._tile_order(mask, q, kv_len=1920) is None
