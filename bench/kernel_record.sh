@@ -3,12 +3,15 @@
 # compute-sanitizer (memcheck, racecheck, synccheck) on the small case, the full
 # `python -m bench.kernel` with FlexAttention, ncu on the main case (S16K D128 random 0.25), then
 # every GPU test. The tests come last so that a call's time limit cuts them first: kernel_ab.sh
-# has already run the kernel's own GPU tests on any variant it measured. Everything lands under OUT: NAME.json (the bench's result), NAME-bench.txt,
-# NAME-build.log, NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt and NAME-ncu.txt; a step that fails is reported and the rest still run, the exit status says
-# whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
-# variant an A/B just measured can be recorded in the next call, before it is committed.
+# has already run the kernel's own GPU tests on any variant it measured. STEPS (some of
+# sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under
+# OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-build.log, NAME-gpu-tests.txt,
+# NAME-sanitizer-TOOL.txt, NAME-ncu.txt and NAME-ncu-stalls.txt (the main case's stall
+# reasons and tensor-pipe metrics). A step that fails is reported and the rest still run; the
+# exit status says whether all passed. PATCHES (comma-separated patch files) are applied to the
+# tree first, so a variant an A/B just measured can be recorded before it is committed.
 #
-#   [PATCHES=P1,P2] bash bench/kernel_record.sh NAME [bench.kernel args...]
+#   [PATCHES=P1,P2] [STEPS=S1,S2] bash bench/kernel_record.sh NAME [bench.kernel args...]
 #
 # Needs .whl/ and .carry/ in the repository root (`python -m bench.device_carry` prepares both;
 # name both in the device call's carry).
@@ -20,6 +23,8 @@ out=$(realpath -m "${OUT:-/tmp/kernel-record}")
 started=$(date +%s)
 say() { echo "[t=$(($(date +%s) - started))s] $*"; }
 failed=()
+steps=",${STEPS:-sanitizer,bench,ncu,tests},"
+want() { [[ $steps == *",$1,"* ]]; }
 
 work=$(mktemp -d)
 IFS=, read -r -a patches <<<"${PATCHES:-}"
@@ -41,6 +46,7 @@ fi
 export SAS_KERNEL_LIBRARY=$work/kernels/sas_kernels.so
 
 for tool in memcheck racecheck synccheck; do
+  want sanitizer || break
   say "compute-sanitizer $tool"
   (cd "$repo" && timeout -s KILL 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
     python3 tests/gpu/sanitize_small_case.py >"$out/$name-sanitizer-$tool.txt" 2>&1) \
@@ -48,25 +54,38 @@ for tool in memcheck racecheck synccheck; do
   tail -2 "$out/$name-sanitizer-$tool.txt"
 done
 
-say "bench.kernel $*"
-(cd "$repo" && timeout -s KILL 400 python3 -m bench.kernel --library "$SAS_KERNEL_LIBRARY" \
-  --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name-bench.txt" | grep "^S=") \
-  || failed+=("bench")
+if want bench; then
+  say "bench.kernel $*"
+  (cd "$repo" && timeout -s KILL 400 python3 -m bench.kernel --library "$SAS_KERNEL_LIBRARY" \
+    --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name-bench.txt" | grep "^S=") \
+    || failed+=("bench")
+fi
 
-if command -v ncu >/dev/null; then
+if ! want ncu; then
+  :
+elif command -v ncu >/dev/null; then
   say "ncu on the main case"
-  (cd "$repo" && timeout -s KILL 120 ncu --clock-control none --set full \
+  # One profile, printed twice: the sections, and the raw stall-reason metrics (the sections
+  # print only the cycles per issued instruction, not what the warps waited on).
+  (cd "$repo" && timeout -s KILL 120 ncu --clock-control none --set full -o "$work/main-case" \
     -k regex:block_sparse_fwd -s 2 -c 1 python3 -m bench.kernel_case --mask random-0.25 \
-    --seq-len 16384 --head-dim 128 >"$out/$name-ncu.txt" 2>&1) || failed+=("ncu")
+    --seq-len 16384 --head-dim 128 >"$out/$name-ncu.txt" 2>&1 \
+    && ncu -i "$work/main-case.ncu-rep" --page details >>"$out/$name-ncu.txt" 2>&1 \
+    && ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|^ *sm__pipe_tensor" \
+    >"$out/$name-ncu-stalls.txt") || failed+=("ncu")
   grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$name-ncu.txt" || true
+  awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$name-ncu-stalls.txt" \
+    | sort -g -r | head -8
 else
   say "no ncu on this machine"
 fi
 
-say "GPU tests"
-(cd "$repo" && timeout -s KILL 240 python3 -m pytest -q -p no:cacheprovider tests/gpu \
-  >"$out/$name-gpu-tests.txt" 2>&1) || failed+=("GPU tests")
-tail -3 "$out/$name-gpu-tests.txt"
+if want tests; then
+  say "GPU tests"
+  (cd "$repo" && timeout -s KILL 240 python3 -m pytest -q -p no:cacheprovider tests/gpu \
+    >"$out/$name-gpu-tests.txt" 2>&1) || failed+=("GPU tests")
+  tail -3 "$out/$name-gpu-tests.txt"
+fi
 
 say "done${failed[*]:+; failed: ${failed[*]}}"
 [ ${#failed[@]} -eq 0 ]

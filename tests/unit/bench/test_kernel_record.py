@@ -52,6 +52,13 @@ echo "========= ERROR SUMMARY: 0 errors"
 
 NCU = """#!/bin/sh
 echo "ncu $*" >>"$STUB_LOG"
+case " $* " in
+  *" --page raw "*)
+    echo "    smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio   inst  0.41"
+    echo "    smsp__average_warps_issue_stalled_wait_per_issue_active.ratio      inst  1.20"
+    exit 0 ;;
+  *" -i "*) echo "    Section: Warp State Statistics"; exit 0 ;;
+esac
 while [ "$1" != python3 ]; do shift; done
 "$@"
 echo "    Duration                         us     1000.00"
@@ -93,7 +100,10 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
     assert (out / "kernel-test.json").exists()
     for part in ("gpu-tests.txt", "bench.txt", "ncu.txt", "sanitizer-racecheck.txt"):
         assert (out / f"kernel-test-{part}").stat().st_size > 0, part
-    assert "per launch" in (out / "kernel-test-ncu.txt").read_text()
+    ncu = (out / "kernel-test-ncu.txt").read_text()
+    assert "per launch" in ncu and "Warp State Statistics" in ncu  # profiled, then printed
+    assert "stalled_wait" in (out / "kernel-test-ncu-stalls.txt").read_text()
+    assert "stalled_wait" in result.stdout  # the top stall reasons are shown
     assert result.stdout.rstrip().endswith("done")
 
 
@@ -149,3 +159,13 @@ def test_the_gpu_tests_run_last_so_a_time_limit_cuts_them_first(stubs: dict[str,
         position("-m pytest"),
     ]
     assert order == sorted(order), calls
+
+
+def test_steps_pick_what_runs_after_the_build(stubs: dict[str, str]) -> None:
+    result = _record({**stubs, "STEPS": "ncu"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text()
+    assert "-m sas_runtime.kernels.build" in calls
+    assert "ncu " in calls
+    for skipped in ("sanitizer", "-m bench.kernel ", "-m pytest"):
+        assert skipped not in calls, skipped
