@@ -105,7 +105,9 @@ def test_each_variant_is_tested_a_failing_one_dropped_the_rest_alternated(
     # Each side's GPU tests compile into a cache of their own (Inductor's key leaves out the op's
     # schema, so a shared cache replays one side's compiled calls against another's op).
     test_caches = [line.split(" | ")[2] for line in calls if line.startswith("-m pytest ")]
-    assert len(test_caches) == 2 and all(test_caches) and len(set(test_caches)) == 2
+    assert len(test_caches) == 2
+    assert all(test_caches)
+    assert len(set(test_caches)) == 2
     sanitized = Path(stubs["STUB_LOG"] + ".sanitized").read_text().split()
     assert [Path(site).name for site in sanitized] == ["site-base"] * 3 + ["site-kernel-good"] * 3
     summary = (out / "summary.txt").read_text()
