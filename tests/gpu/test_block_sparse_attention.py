@@ -229,21 +229,7 @@ def test_opcheck() -> None:
     case = Case("opcheck", 1, 4, 2, 300, 300, 64, DENSE)
     q, k, v = _inputs(case, torch.float16)
     mask = _mask(Case("c", 1, 4, 2, 300, 300, 64, _pattern(PatternType.CAUSAL)), q, k)
-    args = (
-        q,
-        k,
-        v,
-        mask.kv_num_blocks,
-        mask.kv_indices,
-        mask.full_kv_num_blocks,
-        mask.full_kv_indices,
-        None,
-        None,
-        0.125,
-        True,
-        -1,
-        0,
-    )
+    args = _op_args(q, k, v, mask, scale=0.125, order=None)
     torch.library.opcheck(torch.ops.sas.block_sparse_attention_fwd.default, args)
 
 
@@ -261,10 +247,17 @@ def test_compiles_fullgraph() -> None:
     torch.testing.assert_close(attend(q, k, v), eager, rtol=0, atol=0)
 
 
-def _op_with_order(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, order: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(
+def _op_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockMask,
+    *,
+    scale: float,
+    order: torch.Tensor | None,
+) -> tuple[object, ...]:
+    """The raw op's arguments: no document ids or key lengths, causal, no window or global rows."""
+    return (
         q,
         k,
         v,
@@ -274,11 +267,19 @@ def _op_with_order(
         mask.full_kv_indices,
         None,
         None,
-        0.1,
+        scale,
         True,
         -1,
         0,
         order,
+    )
+
+
+def _op_with_order(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, order: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(
+        *_op_args(q, k, v, mask, scale=0.1, order=order)
     )
     return result
 
@@ -310,7 +311,7 @@ def test_long_tiles_first_under_graph_capture_and_compile() -> None:
     assert ops._tile_order(mask, q, k.shape[2]) is not None
     eager = ops.block_sparse_attention(q, k, v, block_mask=mask)
 
-    side = torch.cuda.Stream()
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         ops.block_sparse_attention(q, k, v, block_mask=mask)
