@@ -5,23 +5,31 @@ free, and a tile costs `tile_us + block_us * blocks` (blocks: the key blocks its
 visits, from the real block mask). The model's makespan against the ideal (total work / SMs)
 shows how much a schedule loses to a tail of long tiles, before any GPU time is spent on a
 new order. It knows nothing of L2: an order that scatters heads looks free here and is not
-(see the tile_scheduler.h comment). Defaults: 132 SMs; 1.7 us per block pair at D128
-(4 * 128^3 flops at 660 TFLOPS / 132 SMs); 2 us per tile, a guess.
+(see the tile_scheduler.h comment). Defaults: 132 SMs; 3.8 us per tile and 1.7 us per visited
+block at D128, as `--fit` finds them in run 7's record (D64: 2.3 and 1.17).
+
+`--fit RESULT.json` finds those costs in a measurement: for the kernel's own order it finds
+the per-tile and per-block costs that best explain a `bench.kernel` result's graph-replay times
+(least relative error), and prints each row's measured time against the fitted model's.
 
     python -m bench.schedule_model [--masks global-window,causal] [--seq-lens 4096,16384]
+    python -m bench.schedule_model --fit bench/results/.../NAME.json [--head-dim 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from bench.kernel import BLOCK, MASK_NAMES, masks_for
 from sas_runtime.block_mask import BlockMask
+from sas_runtime.kernels.ops import MIN_KV_BLOCKS_TO_ORDER
 
 Tile = tuple[int, int]  # (head, query block)
 
@@ -68,6 +76,15 @@ ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
 }
 
 
+def kernel_order(blocks: torch.Tensor, kv_blocks: int, sms: int) -> list[Tile]:
+    """The order the kernel runs (`ops._tile_order`): length classes first once there are more
+    tiles than SMs and the keys span enough blocks for a tail to matter, else its own."""
+    heads, m_blocks = blocks.shape
+    if heads * m_blocks <= sms or kv_blocks < MIN_KV_BLOCKS_TO_ORDER:
+        return descending(blocks, 0)
+    return length_classes_first(blocks, 0)
+
+
 def makespan(costs: Sequence[float], workers: int) -> float:
     """When the last of `costs`, taken in order by the first free of `workers`, ends."""
     free_at = [0.0] * workers
@@ -82,15 +99,69 @@ def visited_blocks(mask: BlockMask, heads: int) -> torch.Tensor:
     return counts[0].expand(heads, -1).cpu()
 
 
+def span_in_blocks(counts: Sequence[float], sms: int) -> Callable[[float], float]:
+    """The makespan of tiles visiting `counts` blocks, in block costs, as a function of the
+    tile cost in block costs."""
+    return lambda ratio: makespan([count + ratio for count in counts], sms)
+
+
+def fit_costs(
+    spans: Sequence[Callable[[float], float]], measured_us: Sequence[float], ratios: Sequence[float]
+) -> tuple[float, float, float]:
+    """(tile_us, block_us, RMS relative error) minimising the relative error of
+    `block_us * span(tile_us / block_us)` against `measured_us`, over the given ratios; a
+    makespan scales with its costs, so the block cost has a closed form for each ratio."""
+    best = (math.nan, math.nan, math.inf)
+    for ratio in ratios:
+        model = [span(ratio) / t for span, t in zip(spans, measured_us, strict=True)]
+        block_us = sum(model) / sum(m * m for m in model)
+        error = math.sqrt(sum((block_us * m - 1) ** 2 for m in model) / len(model))
+        if error < best[2]:
+            best = (ratio * block_us, block_us, error)
+    return best
+
+
+def fit(result: Path, head_dim: int, sms: int) -> int:
+    rows = [
+        row
+        for row in json.loads(result.read_text())["rows"]
+        if row["head_dim"] == head_dim and row.get("ours_graph_ms") and row["mask"] in MASK_NAMES
+    ]
+    if not rows:
+        raise SystemExit(f"{result}: no D{head_dim} row with a graph-replay time")
+    spans: list[Callable[[float], float]] = []
+    for row in rows:
+        mask = masks_for(row["heads"], row["seq_len"], [row["mask"]], device="cpu")[row["mask"]]
+        blocks = visited_blocks(mask, row["heads"])
+        tiles = kernel_order(blocks, math.ceil(row["seq_len"] / BLOCK), sms)
+        spans.append(span_in_blocks([float(blocks[tile]) for tile in tiles], sms))
+    measured = [row["ours_graph_ms"] * 1000 for row in rows]
+    tile_us, block_us, error = fit_costs(spans, measured, [i / 4 for i in range(41)])
+    print(f"{result.name}, D{head_dim}, {sms} SMs, the kernel's order, graph-replay times")
+    print(
+        f"fitted: {tile_us:.2f} us per tile + {block_us:.3f} us per visited block "
+        f"(RMS relative error {error:.1%})"
+    )
+    print("mask            S       measured us  model us  model/measured")
+    for row, span, t in zip(rows, spans, measured, strict=True):
+        model = block_us * span(tile_us / block_us)
+        print(f"{row['mask']:14s} {row['seq_len']:6d} {t:11.1f} {model:9.1f} {model / t:8.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", default="4096,16384,32768")
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--masks", default=",".join(MASK_NAMES))
     parser.add_argument("--sms", type=int, default=132)
-    parser.add_argument("--tile-us", type=float, default=2.0)
+    parser.add_argument("--tile-us", type=float, default=3.8)
     parser.add_argument("--block-us", type=float, default=1.7)
+    parser.add_argument("--fit", type=Path, help="a bench.kernel result JSON to fit costs to")
+    parser.add_argument("--head-dim", type=int, default=128, help="the rows --fit uses")
     args = parser.parse_args(argv)
+    if args.fit is not None:
+        return fit(args.fit, args.head_dim, args.sms)
     names = args.masks.split(",")
     print("makespan in us (x ideal, mean heads per wave of tiles)")
     print("mask            S       ideal us  " + "  ".join(f"{o:>31}" for o in ORDERS))

@@ -136,7 +136,7 @@ _tile_orders: weakref.WeakKeyDictionary[BlockMask, dict[tuple[int, int, int], to
 )
 
 
-_MIN_KV_BLOCKS_TO_ORDER = 16
+MIN_KV_BLOCKS_TO_ORDER = 16
 """Below 16 key blocks (2,048 keys) no tile is long enough for its tail to matter."""
 
 
@@ -150,7 +150,7 @@ def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Te
     their own."""
     batch, heads, q_len, _ = q.shape
     q_blocks = -(-q_len // BLOCK_SIZE)
-    if -(-kv_len // BLOCK_SIZE) < _MIN_KV_BLOCKS_TO_ORDER:
+    if -(-kv_len // BLOCK_SIZE) < MIN_KV_BLOCKS_TO_ORDER:
         return None
     if batch * heads * q_blocks <= torch.cuda.get_device_properties(q.device).multi_processor_count:
         return None

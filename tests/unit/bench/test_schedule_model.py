@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from bench.kernel import masks_for
 from bench.schedule_model import (
     ORDERS,
+    descending,
+    fit,
+    fit_costs,
     global_rows_first,
     heads_in_flight,
+    kernel_order,
     length_classes_first,
     makespan,
+    span_in_blocks,
     visited_blocks,
 )
 
@@ -64,3 +72,53 @@ def test_length_classes_first_keeps_the_kernel_order_within_a_class() -> None:
 
 def test_heads_in_flight_counts_distinct_heads_per_wave() -> None:
     assert heads_in_flight([(0, 1), (0, 0), (1, 1), (2, 0)], workers=2) == 1.5
+
+
+def test_kernel_order_is_length_classes_only_where_the_kernel_reorders() -> None:
+    blocks = torch.randint(1, 40, (4, 40))
+    assert kernel_order(blocks, kv_blocks=40, sms=132) == length_classes_first(blocks, 0)
+    assert kernel_order(blocks, kv_blocks=40, sms=160) == descending(blocks, 0)  # one wave
+    assert kernel_order(blocks, kv_blocks=15, sms=132) == descending(blocks, 0)  # short keys
+
+
+def test_fit_costs_recovers_the_costs_that_made_the_times() -> None:
+    shapes = [[1.0] * 50, [4.0] * 10 + [1.0] * 30, [9.0, 2.0, 2.0, 7.0] * 20]
+
+    spans = [span_in_blocks(counts, 8) for counts in shapes]
+    measured = [1.5 * makespan([c + 2.5 for c in counts], 8) for counts in shapes]
+    tile_us, block_us, error = fit_costs(spans, measured, [i / 4 for i in range(41)])
+    assert tile_us == pytest.approx(3.75)
+    assert block_us == pytest.approx(1.5)
+    assert error == pytest.approx(0, abs=1e-12)
+
+
+def test_fit_reads_a_bench_result_and_prints_each_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Times made by the model itself at 3 us per tile and 1.5 per block: the fit finds them.
+    rows = []
+    for name in ("causal", "random-0.25"):
+        mask = masks_for(4, 4096, [name], device="cpu")[name]
+        blocks = visited_blocks(mask, 4)
+        tiles = kernel_order(blocks, kv_blocks=32, sms=16)
+        span_us = makespan([3 + 1.5 * float(blocks[tile]) for tile in tiles], 16)
+        rows.append(
+            {
+                "seq_len": 4096,
+                "head_dim": 64,
+                "heads": 4,
+                "mask": name,
+                "ours_graph_ms": span_us / 1000,
+            }
+        )
+    rows.append(
+        {"seq_len": 4096, "head_dim": 128, "heads": 4, "mask": "causal", "ours_graph_ms": 1.0}
+    )  # another head dim: left out
+    result = tmp_path / "run.json"
+    result.write_text(json.dumps({"environment": {}, "rows": rows}))
+    assert fit(result, head_dim=64, sms=16) == 0
+    out = capsys.readouterr().out
+    assert "fitted: 3.00 us per tile + 1.500 us per visited block" in out
+    assert out.count(" 1.000\n") == 2
+    with pytest.raises(SystemExit, match="no D32 row"):
+        fit(result, head_dim=32, sms=16)
