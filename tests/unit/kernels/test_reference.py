@@ -60,13 +60,16 @@ def test_reference_equals_masked_softmax_attention(pattern: PatternConfig) -> No
     out, lse = block_sparse_attention_reference(q, k, v, block_mask=mask, scale=0.2)
     dense = mask.to_dense()
     # Written out in float64 rather than through SDPA: some CPU SDPA kernels use an
-    # approximate exp even for float64 (1e-10 off on one CI machine).
+    # approximate exp even for float64 (1e-10 off on one CI machine). torch.softmax itself
+    # differed from the reference by 1.4e-10 in one element of 76,800 in one full-suite run of
+    # 2026-12-06 (never in isolation), so the bound is 1e-9: still six orders of magnitude
+    # under what the GPU kernels are held to.
     scores = (q @ k.repeat_interleave(2, dim=1).transpose(-1, -2)) * 0.2
     masked = scores.masked_fill(~dense, -math.inf)
     expected = torch.softmax(masked, dim=-1) @ v.repeat_interleave(2, dim=1)
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
     expected_lse = torch.logsumexp(masked, dim=-1)
-    torch.testing.assert_close(lse, expected_lse, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lse, expected_lse, rtol=1e-9, atol=1e-9)
 
 
 def test_rows_that_see_nothing_give_zero_and_minus_infinity() -> None:
