@@ -29,7 +29,7 @@ import torch
 
 from bench.kernel import BLOCK, MASK_NAMES, masks_for
 from sas_runtime.block_mask import BlockMask
-from sas_runtime.kernels.ops import MIN_KV_BLOCKS_TO_ORDER
+from sas_runtime.kernels.ops import MIN_KV_BLOCKS_TO_ORDER, long_tiles_first_order
 
 Tile = tuple[int, int]  # (head, query block)
 
@@ -76,13 +76,17 @@ ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
 }
 
 
-def kernel_order(blocks: torch.Tensor, kv_blocks: int, sms: int) -> list[Tile]:
-    """The order the kernel runs (`ops._tile_order`): length classes first once there are more
-    tiles than SMs and the keys span enough blocks for a tail to matter, else its own."""
-    heads, m_blocks = blocks.shape
-    if heads * m_blocks <= sms or kv_blocks < MIN_KV_BLOCKS_TO_ORDER:
-        return descending(blocks, 0)
-    return length_classes_first(blocks, 0)
+def kernel_order(mask: BlockMask, heads: int, sms: int) -> list[Tile]:
+    """The order the kernel runs for this mask (batch 1): `ops.long_tiles_first_order` under the
+    conditions `ops._tile_order` applies it (more tiles than SMs, keys spanning enough blocks
+    for a tail to matter), else the kernel's own."""
+    q_blocks = mask.kv_num_blocks.shape[-1]
+    kv_blocks = mask.kv_indices.shape[-1]
+    if heads * q_blocks <= sms or kv_blocks < MIN_KV_BLOCKS_TO_ORDER:
+        return descending(visited_blocks(mask, heads), 0)
+    order = long_tiles_first_order(mask, batch=1, heads=heads, q_blocks=q_blocks)
+    # The kernel numbers tiles one head at a time, query blocks from the last down.
+    return [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
 
 
 def makespan(costs: Sequence[float], workers: int) -> float:
@@ -133,7 +137,7 @@ def fit(result: Path, head_dim: int, sms: int) -> int:
     for row in rows:
         mask = masks_for(row["heads"], row["seq_len"], [row["mask"]], device="cpu")[row["mask"]]
         blocks = visited_blocks(mask, row["heads"])
-        tiles = kernel_order(blocks, math.ceil(row["seq_len"] / BLOCK), sms)
+        tiles = kernel_order(mask, row["heads"], sms)
         spans.append(span_in_blocks([float(blocks[tile]) for tile in tiles], sms))
     measured = [row["ours_graph_ms"] * 1000 for row in rows]
     tile_us, block_us, error = fit_costs(spans, measured, [i / 4 for i in range(41)])

@@ -75,10 +75,14 @@ def test_heads_in_flight_counts_distinct_heads_per_wave() -> None:
 
 
 def test_kernel_order_is_length_classes_only_where_the_kernel_reorders() -> None:
-    blocks = torch.randint(1, 40, (4, 40))
-    assert kernel_order(blocks, kv_blocks=40, sms=132) == length_classes_first(blocks, 0)
-    assert kernel_order(blocks, kv_blocks=40, sms=160) == descending(blocks, 0)  # one wave
-    assert kernel_order(blocks, kv_blocks=15, sms=132) == descending(blocks, 0)  # short keys
+    # The kernel's order comes from ops.long_tiles_first_order; the model's own length-classes
+    # order must agree with it tile for tile.
+    mask = masks_for(4, 5120, ["random-0.25"], device="cpu")["random-0.25"]  # 40 x 40 blocks
+    blocks = visited_blocks(mask, 4)
+    assert kernel_order(mask, heads=4, sms=132) == length_classes_first(blocks, 0)
+    assert kernel_order(mask, heads=4, sms=160) == descending(blocks, 0)  # one wave
+    short = masks_for(16, 1920, ["causal"], device="cpu")["causal"]  # 15 key blocks
+    assert kernel_order(short, heads=16, sms=132) == descending(visited_blocks(short, 16), 0)
 
 
 def test_fit_costs_recovers_the_costs_that_made_the_times() -> None:
@@ -100,7 +104,7 @@ def test_fit_reads_a_bench_result_and_prints_each_row(
     for name in ("causal", "random-0.25"):
         mask = masks_for(4, 4096, [name], device="cpu")[name]
         blocks = visited_blocks(mask, 4)
-        tiles = kernel_order(blocks, kv_blocks=32, sms=16)
+        tiles = kernel_order(mask, heads=4, sms=16)
         span_us = makespan([3 + 1.5 * float(blocks[tile]) for tile in tiles], 16)
         rows.append(
             {
