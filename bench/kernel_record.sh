@@ -6,8 +6,9 @@
 # has already run the kernel's own GPU tests on any variant it measured. STEPS (some of
 # sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under
 # OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-build.log, NAME-gpu-tests.txt,
-# NAME-sanitizer-TOOL.txt, NAME-ncu.txt and NAME-ncu-stalls.txt (the main case's stall
-# reasons and tensor-pipe metrics). A step that fails is reported and the rest still run; the
+# NAME-sanitizer-TOOL.txt, NAME-ncu.txt, NAME-ncu-stalls.txt (the main case's stall reasons and
+# tensor-pipe metrics), NAME-ncu-sass.csv (the stall samples of each SASS instruction) and
+# NAME.ncu-rep. A step that fails is reported and the rest still run; the
 # exit status says whether all passed. PATCHES (comma-separated patch files) are applied to the
 # tree first, so a variant an A/B just measured can be recorded before it is committed.
 #
@@ -73,6 +74,11 @@ elif command -v ncu >/dev/null; then
     && ncu -i "$work/main-case.ncu-rep" --page details >>"$out/$name-ncu.txt" 2>&1 \
     && ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|^ *sm__pipe_tensor" \
     >"$out/$name-ncu-stalls.txt") || failed+=("ncu")
+  # Where the warps stall, per SASS instruction (the sampled stall reasons of each line), and
+  # the report itself for the Nsight Compute UI.
+  ncu -i "$work/main-case.ncu-rep" --page source --csv --print-source sass \
+    >"$out/$name-ncu-sass.csv" 2>&1 || failed+=("ncu source page")
+  cp "$work/main-case.ncu-rep" "$out/$name.ncu-rep" 2>/dev/null || true
   grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$name-ncu.txt" || true
   awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$name-ncu-stalls.txt" \
     | sort -g -r | head -8
