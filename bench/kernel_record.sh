@@ -7,8 +7,8 @@
 # sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under
 # OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-build.log, NAME-gpu-tests.txt,
 # NAME-sanitizer-TOOL.txt, NAME-ncu.txt, NAME-ncu-stalls.txt (the main case's stall reasons and
-# tensor-pipe metrics), NAME-ncu-sass.csv (the stall samples of each SASS instruction) and
-# NAME.ncu-rep. A step that fails is reported and the rest still run; the
+# tensor-pipe metrics), NAME-ncu-sass.csv (the stall samples of each SASS instruction),
+# NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. A step that fails is reported and the rest still run; the
 # exit status says whether all passed. PATCHES (comma-separated patch files) are applied to the
 # tree first, so a variant an A/B just measured can be recorded before it is committed.
 #
@@ -76,12 +76,15 @@ elif command -v ncu >/dev/null; then
     >"$out/$name-ncu-stalls.txt") || failed+=("ncu")
   # Where the warps stall, per SASS instruction (the sampled stall reasons of each line), and
   # the report itself for the Nsight Compute UI.
-  ncu -i "$work/main-case.ncu-rep" --page source --csv --print-source sass \
-    >"$out/$name-ncu-sass.csv" 2>&1 || failed+=("ncu source page")
+  (ncu -i "$work/main-case.ncu-rep" --page source --csv --print-source sass \
+    >"$out/$name-ncu-sass.csv" 2>&1 \
+    && cd "$repo" && python3 -m bench.ncu_stalls "$out/$name-ncu-sass.csv" \
+    >"$out/$name-ncu-sass-stalls.txt") || failed+=("ncu source page")
   cp "$work/main-case.ncu-rep" "$out/$name.ncu-rep" 2>/dev/null || true
   grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$name-ncu.txt" || true
   awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$name-ncu-stalls.txt" \
     | sort -g -r | head -8
+  head -16 "$out/$name-ncu-sass-stalls.txt" 2>/dev/null || true
 else
   say "no ncu on this machine"
 fi

@@ -200,6 +200,26 @@ def test_global_rows_with_many_tiles(head_dim: int) -> None:
     _check(q, k, v, _mask(case, q, k))
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("growth", ["steady", "spiky"])
+def test_row_max_climbing_across_blocks(head_dim: int, growth: str) -> None:
+    """Key blocks scaled so that each row's running max climbs from block to block, by steps
+    both smaller and larger than a few powers of two ("steady"), or jumps once and falls back
+    ("spiky"): the online softmax's rescaling, and any rescale it skips, must not show."""
+    torch.manual_seed(head_dim + len(growth))
+    case = Case("climbing", 1, 4, 4, 300, 2048, head_dim, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    blocks = case.kv_len // 128
+    if growth == "steady":
+        scales = [1.0 + 1.5 * b for b in range(blocks)]
+    else:
+        scales = [1.0] * blocks
+        scales[blocks // 2] = 12.0
+    per_key = torch.tensor(scales, device=DEVICE).repeat_interleave(128)
+    k = (k.float() * per_key[None, None, :, None]).to(k.dtype)
+    _check(q, k, v, _mask(case, q, k))
+
+
 def test_same_inputs_give_identical_outputs() -> None:
     torch.manual_seed(7)
     case = Case("repeat", 2, 8, 2, 2048, 2048, 128, DENSE)

@@ -38,6 +38,11 @@ elif args[:2] == ["-m", "bench.kernel"]:
     print("S=  4096 D=128 causal stub")
 elif args[:2] == ["-m", "bench.kernel_case"]:
     print("random-0.25 S=16384 D=128: 1.000 ms per launch")
+elif args[:2] == ["-m", "bench.ncu_stalls"]:
+    import runpy
+    sys.path.insert(0, {str(REPO)!r})  # the real module, also for a copied tree
+    sys.argv = args[1:]
+    runpy.run_module("bench.ncu_stalls", run_name="__main__")
 else:
     sys.exit(f"unexpected python3 {{args}}")
 """
@@ -56,6 +61,10 @@ case " $* " in
   *" --page raw "*)
     echo "    smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio   inst  0.41"
     echo "    smsp__average_warps_issue_stalled_wait_per_issue_active.ratio      inst  1.20"
+    exit 0 ;;
+  *" --page source "*)
+    echo '"Address","Source","stall_barrier","stall_wait"'
+    echo '"0x7f00","WARPGROUP.DEPBAR.LE gsb0, 0x0","90","10"'
     exit 0 ;;
   *" -i "*) echo "    Section: Warp State Statistics"; exit 0 ;;
 esac
@@ -105,6 +114,8 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
     assert "Warp State Statistics" in ncu  # then printed
     assert "stalled_wait" in (out / "kernel-test-ncu-stalls.txt").read_text()
     assert "stalled_wait" in result.stdout  # the top stall reasons are shown
+    sass = (out / "kernel-test-ncu-sass-stalls.txt").read_text()
+    assert "/*0000*/ WARPGROUP.DEPBAR.LE gsb0, 0x0" in sass  # and the instructions holding them
     assert result.stdout.rstrip().endswith("done")
 
 
