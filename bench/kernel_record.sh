@@ -62,9 +62,9 @@ if want bench; then
     || failed+=("bench")
 fi
 
-if ! want ncu; then
-  :
-elif command -v ncu >/dev/null; then
+if want ncu && ! command -v ncu >/dev/null; then
+  say "no ncu on this machine"
+elif want ncu; then
   say "ncu on the main case"
   # One profile, printed twice: the sections, and the raw stall-reason metrics (the sections
   # print only the cycles per issued instruction, not what the warps waited on).
@@ -85,8 +85,6 @@ elif command -v ncu >/dev/null; then
   awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$name-ncu-stalls.txt" \
     | sort -g -r | head -8
   head -16 "$out/$name-ncu-sass-stalls.txt" 2>/dev/null || true
-else
-  say "no ncu on this machine"
 fi
 
 if want tests; then

@@ -29,7 +29,7 @@ import torch
 
 from bench.kernel import BLOCK, MASK_NAMES, masks_for
 from sas_runtime.block_mask import BlockMask
-from sas_runtime.kernels.ops import MIN_KV_BLOCKS_TO_ORDER, long_tiles_first_order
+from sas_runtime.kernels.ops import long_tiles_first_order, orders_tiles
 
 Tile = tuple[int, int]  # (head, query block)
 
@@ -77,12 +77,11 @@ ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
 
 
 def kernel_order(mask: BlockMask, heads: int, sms: int) -> list[Tile]:
-    """The order the kernel runs for this mask (batch 1): `ops.long_tiles_first_order` under the
-    conditions `ops._tile_order` applies it (more tiles than SMs, keys spanning enough blocks
-    for a tail to matter), else the kernel's own."""
+    """The order the kernel runs for this mask (batch 1): `ops.long_tiles_first_order` where
+    `ops.orders_tiles` says the wrapper applies it, else the kernel's own."""
     q_blocks = mask.kv_num_blocks.shape[-1]
     kv_blocks = mask.kv_indices.shape[-1]
-    if heads * q_blocks <= sms or kv_blocks < MIN_KV_BLOCKS_TO_ORDER:
+    if not orders_tiles(heads * q_blocks, kv_blocks, sms):
         return descending(visited_blocks(mask, heads), 0)
     order = long_tiles_first_order(mask, batch=1, heads=heads, q_blocks=q_blocks)
     # The kernel numbers tiles one head at a time, query blocks from the last down.

@@ -22,6 +22,7 @@ __all__ = [
     "library_path",
     "load_library",
     "long_tiles_first_order",
+    "orders_tiles",
     "unavailable_reason",
 ]
 
@@ -140,6 +141,12 @@ MIN_KV_BLOCKS_TO_ORDER = 16
 """Below 16 key blocks (2,048 keys) no tile is long enough for its tail to matter."""
 
 
+def orders_tiles(tiles: int, kv_blocks: int, sms: int) -> bool:
+    """Whether the wrapper gives the kernel `long_tiles_first_order`: only when some tile misses
+    the first wave (more tiles than SMs) and a tile can visit 16 key blocks or more."""
+    return tiles > sms and kv_blocks >= MIN_KV_BLOCKS_TO_ORDER
+
+
 def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Tensor | None:
     """The schedule for this call: None when order cannot matter (every tile fits the first
     wave) or cannot matter much (no tile can visit 16 key blocks); else
@@ -150,9 +157,11 @@ def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Te
     their own."""
     batch, heads, q_len, _ = q.shape
     q_blocks = -(-q_len // BLOCK_SIZE)
-    if -(-kv_len // BLOCK_SIZE) < MIN_KV_BLOCKS_TO_ORDER:
-        return None
-    if batch * heads * q_blocks <= torch.cuda.get_device_properties(q.device).multi_processor_count:
+    kv_blocks = -(-kv_len // BLOCK_SIZE)
+    if kv_blocks < MIN_KV_BLOCKS_TO_ORDER:
+        return None  # decided before asking the device, so no GPU is needed to learn it
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    if not orders_tiles(batch * heads * q_blocks, kv_blocks, sms):
         return None
     plain = type(q) is torch.Tensor and type(block_mask.kv_num_blocks) is torch.Tensor
     if torch.compiler.is_compiling() or not plain:
