@@ -155,7 +155,10 @@ def _check(
     assert bool((out.cpu()[~seen] == 0).all()), "rows that see no key must give 0"
     torch.testing.assert_close(lse_cpu[seen], ref_lse[seen], rtol=0, atol=2e-3)
     baseline = _sdpa_max_error(q, k, v, mask, ref_out) if bool(seen.any()) else 0.0
-    assert rmse <= 1e-3, f"rmse {rmse:.2e}"
+    # Rows whose weight sits on a few keys (test_row_max_climbing_across_blocks) give outputs of
+    # the size of V itself, whose rounding to the output dtype alone is above 1e-3 rms.
+    rounding = float((ref_out.to(q.dtype).double() - ref_out).pow(2).mean().sqrt())
+    assert rmse <= max(1e-3, 1.1 * rounding), f"rmse {rmse:.2e} (rounding alone {rounding:.2e})"
     assert max_error <= 2 * baseline + 1e-6, f"max error {max_error:.2e} vs SDPA {baseline:.2e}"
     return rmse, max_error, baseline
 

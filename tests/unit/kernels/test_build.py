@@ -181,8 +181,8 @@ def _exponentials_before_product_waits(sass: str) -> list[int]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="ptxas hoists the product's wait above the softmax at HEAD; patches v19d/v19e keep "
-    "it after (bench/KERNEL_NOTES.md), not yet measured on the GPU",
+    reason="ptxas hoists the product's wait above the softmax at HEAD; v19e kept it after and "
+    "ran 3-10% slower in run 9 (bench/KERNEL_NOTES.md), so HEAD keeps ptxas's order",
 )
 def test_softmax_runs_while_the_product_is_in_flight(built_library: Path) -> None:
     """FlashAttention 3's overlap within a warpgroup, checked in the compiled SASS: in the block
