@@ -19,6 +19,7 @@ from sas_runtime.kernels.build import LIBRARY_NAME, default_build_dir
 __all__ = [
     "BLOCK_SIZE",
     "block_sparse_attention",
+    "carries_last_product",
     "library_path",
     "load_library",
     "long_tiles_first_order",
@@ -95,6 +96,7 @@ def _block_sparse_attention_fwd_fake(
     window: int,
     global_tokens: int,
     tile_order: torch.Tensor | None = None,
+    carry_last_product: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _require(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "q, k, v must be 4-D")
     _require(k.dtype == q.dtype and v.dtype == q.dtype, "q, k, v dtypes differ")
@@ -176,6 +178,19 @@ def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Te
     return order
 
 
+MIN_KV_BLOCKS_TO_CARRY = 256
+"""From 256 key blocks (32,768 keys) the D128 kernel carries each tile's last product."""
+
+
+def carries_last_product(head_dim: int, kv_blocks: int) -> bool:
+    """Whether the kernel runs each tile's last P V beside the next tile's first Q K^T (the
+    same result either way). Run 9 (bench/KERNEL_NOTES.md) measured it 0.94-1.00x base at D128
+    with 256 key blocks, on every mask; at 128 blocks up to 1.06x on sparse masks, at 32 blocks
+    up to 1.08x, and 1.06-1.12x at D64. The mean tile length would be the better measure, but
+    it lives on the device and the choice is made without a sync."""
+    return head_dim == 128 and kv_blocks >= MIN_KV_BLOCKS_TO_CARRY
+
+
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -183,12 +198,15 @@ def block_sparse_attention(
     *,
     block_mask: BlockMask,
     scale: float | None = None,
+    carry_last_product: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention forward on an H100.
 
     q: [B, Hq, Sq, D]; k, v: [B, Hkv, Sk, D], bf16 or fp16, D in {64, 128}, head_dim contiguous.
     block_mask: compiled with 128-token blocks for these shapes, on q's device; its element mask
     applies inside partial blocks only, and keys past its kv_lengths are never seen.
+    carry_last_product: which of the kernel's two schedules runs (the same result); None lets
+    `carries_last_product` choose from the shapes.
     Returns (out [B, Hq, Sq, D] in q's dtype, lse [B, Hq, Sq] float32, natural log; rows that
     see no key give 0 and -inf).
     """
@@ -212,5 +230,8 @@ def block_sparse_attention(
         -1 if element.window is None else element.window,
         element.global_tokens,
         _tile_order(block_mask, q, k.shape[2]),
+        carries_last_product(q.shape[-1], -(-k.shape[2] // BLOCK_SIZE))
+        if carry_last_product is None
+        else carry_last_product,
     )
     return result

@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
     const at::Tensor& full_kv_num_blocks, const at::Tensor& full_kv_indices,
     const std::optional<at::Tensor>& document_ids, const std::optional<at::Tensor>& kv_lengths,
     double scale, bool causal, int64_t window, int64_t global_tokens,
-    const std::optional<at::Tensor>& tile_order) {
+    const std::optional<at::Tensor>& tile_order, bool carry_last_product) {
   check_qkv(q, "q", q);
   check_qkv(k, "k", q);
   check_qkv(v, "v", q);
@@ -176,6 +176,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
   p.global_tokens = static_cast<int>(global_tokens);
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
+  p.carry_last_product = carry_last_product;
 
   switch (q.scalar_type()) {
 #ifndef SAS_DISABLE_BF16
@@ -199,12 +200,15 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
 // tile_order: optional int32 [batch * heads * query blocks], a permutation of the tiles (in the
 // kernel's numbering: one (batch, head) at a time, query blocks from the last down) giving the
 // order the persistent CTAs take them in; sas_runtime.kernels.ops.long_tiles_first_order.
+// carry_last_product: each tile's last P V runs beside the next tile's first Q K^T (the same
+// result; faster on long D128 tiles); sas_runtime.kernels.ops.carries_last_product.
 TORCH_LIBRARY(sas, m) {
   m.def(
       "block_sparse_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, "
       "Tensor kv_indices, Tensor full_kv_num_blocks, Tensor full_kv_indices, "
       "Tensor? document_ids, Tensor? kv_lengths, float scale, bool causal, int window, int global_tokens, "
-      "Tensor? tile_order=None) -> (Tensor out, Tensor lse)");
+      "Tensor? tile_order=None, bool carry_last_product=False) "
+      "-> (Tensor out, Tensor lse)");
 }
 
 TORCH_LIBRARY_IMPL(sas, CUDA, m) {

@@ -29,7 +29,13 @@ using namespace cute;
 // The consumer warpgroups: for each tile, for each listed block, S = Q K^T, mask (partial and
 // tail blocks only), online softmax, O += P V; each buffer is released as soon as its last
 // reader is done with it; then the tile's output and LSE are stored.
-template <class Traits>
+//
+// kCarry: a tile's last P V product is issued by the next tile, right after that tile's first
+// Q K^T, so the two GEMMs run together and S_0's softmax runs under the product (the shape of
+// the block loop, carried across tiles), and each softmax is kept under its product (below).
+// Faster at D128 when tiles are long (bench/KERNEL_NOTES.md, run 9), slower on short tiles and
+// at D64; `carries_last_product` in ops.py picks it.
+template <class Traits, bool kCarry>
 CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::SharedStorage& smem,
                          KernelArgs<Traits> const& args, int thread) {
   BlockSparseFwdParams const& p = args.params;
@@ -66,6 +72,67 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
 
   RingPosition<Traits::kTileSlots> tile_ring;
 
+  Tensor tOrP_carried = make_tensor<Element>(
+      partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{}).layout());
+  Tensor tOrP_carried_a =
+      make_tensor(tOrP_carried.data(), accumulator_as_operand_a(tOrP_carried.layout()));
+
+  // kCarry: until the next tile issues its last product a tile is pending: O holds its output
+  // without the last block, P the last block's probabilities. Block 0 always issues a pending
+  // product, so no WGMMA sits in a branch there (ptxas would serialise them all): when no tile
+  // is pending, it multiplies P (zeroed) by the V block about to land (the tile's own V_0); the
+  // result is thrown away by the clear of O that follows.
+  struct PendingTile {
+    int m_block, head, batch;
+    int v_stage, v_phase;
+  };
+  PendingTile pending{0, 0, 0, 0, 0};
+  bool tile_pending = false;
+  if constexpr (kCarry) {
+    clear(tOrP_carried);
+  }
+  float pending_scale[kRows];
+  float pending_lse[kRows];
+  // Issues the pending tile's last product into O.
+  auto issue_pending_product = [&] {
+    TransactionBarrier::wait(&smem.full_v[pending.v_stage], pending.v_phase);
+    warpgroup_gemm_issue<false, true>(mma_pv, tOrP_carried_a, tOrV(_, _, _, pending.v_stage),
+                                      tOrO);
+  };
+  // Once the pending product has landed: releases its V and stores the pending tile.
+  auto store_pending = [&] {
+    warpgroup_fence_operand(tOrO);
+    warpgroup_fence_operand(tOrP_carried_a);
+    if (tile_pending) {
+      release(&smem.empty_v[pending.v_stage], is_signaller);
+      store_output<Traits>(args.tma_o, smem, tOrO, pending_scale, mma_pv, tScS_rc, pending_lse,
+                           p, pending.m_block, pending.head, pending.batch, thread);
+      tile_pending = false;
+    }
+  };
+  // Stores a pending tile now (before an empty tile, and at the end); the next block 0 then
+  // issues P = 0 against its own V_0.
+  auto flush_pending = [&] {
+    if (tile_pending) {
+      issue_pending_product();
+      warpgroup_wait<0>();
+      store_pending();
+      clear(tOrP_carried);
+      pending.v_stage = kv_ring.stage();
+      pending.v_phase = kv_ring.phase();
+    }
+  };
+  // Never taken (a tile exists only when heads > 0), but a branch ptxas keeps, the same on
+  // every thread: placed between a softmax and the wait for the product in flight beside it,
+  // it keeps the wait there; without it ptxas hoists the wait above the softmax (to convert P
+  // early into the registers the product is still reading). Measured in run 9: worth it only
+  // together with the carried product.
+  auto keep_softmax_under_product = [&] {
+    if (p.heads <= 0) {
+      __trap();
+    }
+  };
+
   CUTE_NO_UNROLL
   for (PostedTile posted = take_posted_tile(smem, tile_ring, thread);
        posted.index < scheduler.num_tiles(); posted = take_posted_tile(smem, tile_ring, thread)) {
@@ -79,14 +146,18 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     const int q_offset = tile.m_block * kBlockM;
     const int kv_len =
         p.kv_lengths == nullptr ? p.kv_len : min(p.kv_len, p.kv_lengths[tile.batch]);
-    clear(tOrO);
     OnlineSoftmax<kRows> softmax(p.scale_log2);
 
     if (blocks.total == 0) {
+      if constexpr (kCarry) {
+        flush_pending();
+      }
+      clear(tOrO);
+      float row_scale[kRows];
       float lse[kRows];
-      softmax.finish(tOrO_rc, lse);
-      store_output<Traits>(args.tma_o, smem, tOrO, mma_pv, tScS_rc, lse, p, tile.m_block,
-                           tile.head, tile.batch, thread);
+      softmax.finish(row_scale, lse);
+      store_output<Traits>(args.tma_o, smem, tOrO, row_scale, mma_pv, tScS_rc, lse, p,
+                           tile.m_block, tile.head, tile.batch, thread);
       continue;
     }
     const int q_stage = q_ring.stage();
@@ -111,21 +182,47 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       return tSrS_rc;
     };
 
-    // Block 0: S_0 and P_0. Then for each block j, S_j's GEMM and P_{j-1} V_{j-1} are in flight
-    // together, and S_j's softmax overlaps the P V product (FlashAttention 3's intra-warpgroup
-    // overlap); the output is rescaled once the product has landed.
-    Tensor tOrP = make_tensor<Element>(
+    // P for this tile: kCarry's lives across tiles; the plain kernel's is made here, per tile
+    // (ptxas schedules the plain kernel as it did before kCarry existed).
+    Tensor tOrP_tile = make_tensor<Element>(
         partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{}).layout());
+    auto& tOrP = [&]() -> auto& {
+      if constexpr (kCarry) {
+        return tOrP_carried;
+      } else {
+        return tOrP_tile;
+      }
+    }();
     Tensor tOrP_a = make_tensor(tOrP.data(), accumulator_as_operand_a(tOrP.layout()));
+
+    // Block 0: S_0 (kCarry: with the pending tile's last product beside it) and P_0. Then for
+    // each block j, S_j's GEMM and P_{j-1} V_{j-1} are in flight together (FlashAttention 3's
+    // intra-warpgroup overlap; without kCarry ptxas waits for both before the softmax); the
+    // output is rescaled once the product has landed.
     float correction[kRows];
     {
       Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-      score_block(tSrS);
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tSrS);
-      release(&smem.empty_k[kv_ring.stage()], is_signaller);
-      auto tSrS_rc = mask_block(0, tSrS);
-      softmax.update(tSrS_rc, correction);
+      auto score_softmax = [&] {
+        warpgroup_fence_operand(tSrS);
+        release(&smem.empty_k[kv_ring.stage()], is_signaller);
+        auto tSrS_rc = mask_block(0, tSrS);
+        softmax.update(tSrS_rc, correction);
+      };
+      if constexpr (kCarry) {
+        score_block(tSrS);
+        issue_pending_product();
+        warpgroup_wait<1>();
+        score_softmax();
+        keep_softmax_under_product();
+        warpgroup_wait<0>();
+        store_pending();
+        clear(tOrO);  // nothing is in flight here
+      } else {
+        clear(tOrO);
+        score_block(tSrS);
+        warpgroup_wait<0>();
+        score_softmax();
+      }
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
         tOrP(i) = Element(tSrS(i));
@@ -144,36 +241,63 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       warpgroup_fence_operand(tSrS);
       release(&smem.empty_k[kv_ring.stage()], is_signaller);
       auto tSrS_rc = mask_block(j, tSrS);
-      softmax.update(tSrS_rc, correction);
+      const bool moved = softmax.update(tSrS_rc, correction);
+      if constexpr (kCarry) {
+        keep_softmax_under_product();
+      }
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       warpgroup_fence_operand(tOrP_a);
       release(&smem.empty_v[previous_stage], is_signaller);
-      OnlineSoftmax<kRows>::rescale(tOrO_rc, correction);
+      if constexpr (kCarry) {
+        // Past the first few blocks most rows keep their max: a warp none of whose rows moved
+        // skips the rescale, which stands between the product landing and the next GEMMs.
+        if (__any_sync(0xffffffff, moved)) {
+          OnlineSoftmax<kRows>::rescale(tOrO_rc, correction);
+        }
+      } else {
+        OnlineSoftmax<kRows>::rescale(tOrO_rc, correction);
+      }
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
         tOrP(i) = Element(tSrS(i));
       }
     }
-    TransactionBarrier::wait(&smem.full_v[kv_ring.stage()], kv_ring.phase());
-    warpgroup_gemm_issue<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, kv_ring.stage()), tOrO);
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(tOrO);
-    warpgroup_fence_operand(tOrP_a);
-    release(&smem.empty_v[kv_ring.stage()], is_signaller);
-    ++kv_ring.count;
+    // Every Q K^T of the tile has landed.
     release(&smem.empty_q[q_stage], is_signaller);
     ++q_ring.count;
-
-    float lse[kRows];
-    softmax.finish(tOrO_rc, lse);
-    store_output<Traits>(args.tma_o, smem, tOrO, mma_pv, tScS_rc, lse, p, tile.m_block, tile.head,
-                         tile.batch, thread);
+    if constexpr (kCarry) {
+      // The last product waits for the next tile.
+      softmax.finish(pending_scale, pending_lse);
+      pending = PendingTile{tile.m_block, tile.head, tile.batch, kv_ring.stage(), kv_ring.phase()};
+      tile_pending = true;
+      ++kv_ring.count;
+    } else {
+      TransactionBarrier::wait(&smem.full_v[kv_ring.stage()], kv_ring.phase());
+      warpgroup_gemm_issue<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, kv_ring.stage()), tOrO);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      warpgroup_fence_operand(tOrP_a);
+      release(&smem.empty_v[kv_ring.stage()], is_signaller);
+      ++kv_ring.count;
+      float lse[kRows];
+      softmax.finish(tOrO_rc, lse);
+      float unit_scale[kRows];
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        unit_scale[r] = 1.f;
+      }
+      store_output<Traits>(args.tma_o, smem, tOrO, unit_scale, mma_pv, tScS_rc, lse, p,
+                           tile.m_block, tile.head, tile.batch, thread);
+    }
+  }
+  if constexpr (kCarry) {
+    flush_pending();
   }
   finish_output_stores(thread);
 }
 
-template <class Traits>
+template <class Traits, bool kCarry>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     block_sparse_fwd_kernel(CUTLASS_GRID_CONSTANT KernelArgs<Traits> const args,
                             TileScheduler const scheduler) {
@@ -212,7 +336,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
-    consume<Traits>(scheduler, smem, args, thread - 128);
+    consume<Traits, kCarry>(scheduler, smem, args, thread - 128);
   }
 #endif
 }
@@ -225,7 +349,8 @@ void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream)
                                 p.batch};
   constexpr int kSmemBytes = int(sizeof(typename Traits::SharedStorage));
   static_assert(kSmemBytes <= 232448, "shared storage exceeds sm_90's 227 KB per block");
-  auto kernel = &block_sparse_fwd_kernel<Traits>;
+  auto kernel = p.carry_last_product ? &block_sparse_fwd_kernel<Traits, true>
+                                     : &block_sparse_fwd_kernel<Traits, false>;
   int device = 0;
   int multiprocessors = 0;
   cudaError_t status = cudaGetDevice(&device);

@@ -6,6 +6,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 
+#include "mask.h"
 #include "params.h"
 
 namespace sas {
@@ -15,14 +16,16 @@ using namespace cute;
 // The consumer warpgroups' named barrier (an id past CUTLASS's reserved ones).
 constexpr int kEpilogueBarrier = 1;
 
-// `out` is a thread's output accumulator, `tiled_pv` the P V MMA, `coords_rc` the
-// (rows, cols) view of its tile coordinates; `thread` counts consumer threads.
+// `out` is a thread's output accumulator, stored as `out * row_scale` per row; `tiled_pv` the
+// P V MMA, `coords_rc` the (rows, cols) view of its tile coordinates; `thread` counts
+// consumer threads.
 template <class Traits, int kRows, class Output, class TiledMma, class CoordsRC>
 CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
                               typename Traits::SharedStorage& smem, Output const& out,
-                              TiledMma const& tiled_pv, CoordsRC const& coords_rc,
-                              const float (&lse)[kRows], BlockSparseFwdParams const& p,
-                              int m_block, int head, int batch, int thread) {
+                              const float (&row_scale)[kRows], TiledMma const& tiled_pv,
+                              CoordsRC const& coords_rc, const float (&lse)[kRows],
+                              BlockSparseFwdParams const& p, int m_block, int head, int batch,
+                              int thread) {
   using Element = typename Traits::Element;
   const bool issuer = thread == 0;
   Tensor sO = make_tensor(make_smem_ptr(smem.o.data()), typename Traits::SmemLayoutO{});
@@ -30,9 +33,14 @@ CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
   auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, tiled_pv);
   auto thr_copy = smem_copy.get_thread_slice(thread);
   Tensor converted = make_tensor_like<Element>(out);
+  Tensor out_rc = make_tensor(out.data(), accumulator_rows_cols(out.layout()));
+  Tensor converted_rc = make_tensor(converted.data(), accumulator_rows_cols(converted.layout()));
   CUTE_UNROLL
-  for (int i = 0; i < size(out); ++i) {
-    converted(i) = Element(out(i));
+  for (int r = 0; r < kRows; ++r) {
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(out_rc); ++c) {
+      converted_rc(r, c) = Element(out_rc(r, c) * row_scale[r]);
+    }
   }
   // The previous tile's store must have read the buffer before it is written again.
   if (issuer) {

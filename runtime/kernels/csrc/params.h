@@ -48,6 +48,8 @@ struct BlockSparseFwdParams {
   // of the schedule, a permutation (entries are clamped, not checked: a repeated tile leaves
   // another unwritten), or nullptr for TileScheduler's own order.
   const int32_t* tile_order;
+  // Each tile's last P V product runs beside the next tile's first Q K^T (see `consume`).
+  bool carry_last_product;
 
   float scale_log2;  // softmax scale * log2(e)
   float scale;       // softmax scale

@@ -38,9 +38,12 @@ struct OnlineSoftmax {
 
   // Turns scores into unnormalised probabilities in place, updates the row sums, and returns
   // in `correction` the factor the output rows must be rescaled by (see `rescale`); split so
-  // that this part can run while the previous block's P V product is still in flight.
+  // that this part can run while the previous block's P V product is still in flight. Returns
+  // whether any of this thread's rows raised its max (otherwise every correction is 1, and
+  // the output needs no rescale).
   template <class Scores>
-  CUTE_DEVICE void update(Scores& scores_rc, float (&correction)[kRows]) {
+  CUTE_DEVICE bool update(Scores& scores_rc, float (&correction)[kRows]) {
+    bool moved = false;
     static_assert(decltype(size<0>(scores_rc))::value == kRows);
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -50,6 +53,7 @@ struct OnlineSoftmax {
         block_max = fmaxf(block_max, scores_rc(r, c));
       }
       block_max = quad_allreduce_max(block_max) * scale_log2;
+      moved |= block_max > row_max[r];
       const float new_max = fmaxf(row_max[r], block_max);
       // A row that has seen only masked keys keeps max -inf: use 0 so exp2 gives 0, not NaN.
       const float base = new_max == -INFINITY ? 0.f : new_max;
@@ -64,6 +68,7 @@ struct OnlineSoftmax {
       }
       row_sum[r] = row_sum[r] * correction[r] + sum;
     }
+    return moved;
   }
 
   template <class Output>
@@ -77,19 +82,30 @@ struct OnlineSoftmax {
     }
   }
 
-  // Divides the output rows by their sums; returns nothing, writes the natural-log LSE per row
-  // (-inf for rows that saw no key, whose output stays 0).
-  template <class Output>
-  CUTE_DEVICE void finish(Output& out_rc, float (&lse)[kRows]) {
+  // Writes what each output row is to be multiplied by (1 / its sum; 0 for rows that saw no
+  // key) and the natural-log LSE per row (-inf for those rows). The output itself is left
+  // alone: the epilogue scales it as it converts (when a tile's last product is carried into
+  // the next tile, its output is still being written by that product here).
+  CUTE_DEVICE void finish(float (&row_scale)[kRows], float (&lse)[kRows]) {
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float sum = quad_allreduce_sum(row_sum[r]);
       const bool seen = sum > 0.f;
-      const float inverse = seen ? 1.f / sum : 0.f;
+      row_scale[r] = seen ? 1.f / sum : 0.f;
       lse[r] = seen ? (row_max[r] + log2f(sum)) * float(M_LN2) : -INFINITY;
+    }
+  }
+
+  // The same, with the output rows divided by their sums in place.
+  template <class Output>
+  CUTE_DEVICE void finish(Output& out_rc, float (&lse)[kRows]) {
+    float row_scale[kRows];
+    finish(row_scale, lse);
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
       CUTE_UNROLL
       for (int c = 0; c < size<1>(out_rc); ++c) {
-        out_rc(r, c) *= inverse;
+        out_rc(r, c) *= row_scale[r];
       }
     }
   }

@@ -56,3 +56,14 @@ def test_no_tile_order_while_the_keys_span_under_16_blocks() -> None:
     mask = compile_block_mask(PatternConfig(), batch=64, q_len=1920, kv_len=1920)
     q = torch.zeros(64, 12, 1920, 64, dtype=torch.bfloat16)
     assert ops._tile_order(mask, q, kv_len=1920) is None
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "kv_blocks", "carries"),
+    [(128, 256, True), (128, 512, True), (128, 255, False), (128, 32, False), (64, 256, False)],
+)
+def test_the_last_product_is_carried_only_for_long_d128_keys(
+    head_dim: int, kv_blocks: int, carries: bool
+) -> None:
+    """Run 9 measured the carried product faster only at D128 with 256 key blocks or more."""
+    assert ops.carries_last_product(head_dim, kv_blocks) is carries
