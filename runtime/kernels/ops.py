@@ -215,6 +215,8 @@ def block_sparse_attention(
             f"the sparse kernel needs {BLOCK_SIZE}-token blocks, got {block_mask.block_size}"
         )
     element = block_mask.element_mask
+    if carry_last_product is None:
+        carry_last_product = carries_last_product(q.shape[-1], -(-k.shape[2] // BLOCK_SIZE))
     result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(
         q,
         k,
@@ -230,8 +232,6 @@ def block_sparse_attention(
         -1 if element.window is None else element.window,
         element.global_tokens,
         _tile_order(block_mask, q, k.shape[2]),
-        carries_last_product(q.shape[-1], -(-k.shape[2] // BLOCK_SIZE))
-        if carry_last_product is None
-        else carry_last_product,
+        carry_last_product,
     )
     return result

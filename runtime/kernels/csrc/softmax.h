@@ -101,13 +101,7 @@ struct OnlineSoftmax {
   CUTE_DEVICE void finish(Output& out_rc, float (&lse)[kRows]) {
     float row_scale[kRows];
     finish(row_scale, lse);
-    CUTE_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(out_rc); ++c) {
-        out_rc(r, c) *= row_scale[r];
-      }
-    }
+    rescale(out_rc, row_scale);
   }
 };
 
