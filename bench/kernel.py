@@ -4,8 +4,9 @@ Run on the H100: `python -m bench.kernel --out bench/results/kernel-<date>.json`
 (sequence length, head dim) it times cuDNN and flash SDPA on the dense problem (and causal),
 then, per mask, our kernel and FlexAttention (compiled, same block mask). TFLOPS count the
 blocks computed (4 * 128 * 128 * D flops per visited block pair); ratios compare times. Our
-kernel and cuDNN are also timed from CUDA-graph replays (`*_graph_ms`): device time without the
-host's per-call launch cost, which dominates the shortest cases when called eagerly.
+kernel, cuDNN and FlexAttention are also timed from CUDA-graph replays (`*_graph_ms`): device
+time without the host's per-call launch cost, which dominates the shortest cases when called
+eagerly. `speedup_vs_flex` compares the eager times, `graph_speedup_vs_flex` the replays.
 """
 
 from __future__ import annotations
@@ -185,9 +186,11 @@ def bench_shape(
         ours = partial(ops.block_sparse_attention, q, k, v, block_mask=mask)
         ours_ms = time_ms(ours)
         ours_graph_ms = time_graph_ms(ours)
-        flex_ms = None
+        flex_ms = flex_graph_ms = None
         if with_flex:
-            flex_ms = time_ms(partial(flex, q, k, v, block_mask=mask.to_flex_attention()))
+            flex_call = partial(flex, q, k, v, block_mask=mask.to_flex_attention())
+            flex_ms = time_ms(flex_call)
+            flex_graph_ms = time_graph_ms(flex_call)
         dense_ref_ms = cudnn_causal_ms if name == "causal" else cudnn_ms
         dense_ref_graph_ms = cudnn_causal_graph_ms if name == "causal" else cudnn_graph_ms
         graph_ratio = None
@@ -217,6 +220,10 @@ def bench_shape(
             "cudnn_dense_graph_ms": cudnn_graph_ms,
             "cudnn_causal_graph_ms": cudnn_causal_graph_ms,
             "graph_time_over_density_x_cudnn": graph_ratio,
+            "flex_graph_ms": flex_graph_ms,
+            "graph_speedup_vs_flex": None
+            if flex_graph_ms is None or ours_graph_ms is None
+            else flex_graph_ms / ours_graph_ms,
         }
         rows.append(row)
         print(
@@ -226,10 +233,16 @@ def bench_shape(
             f"{'-' if flex_ms is None else f'{flex_ms:8.3f}'} | "
             f"t/(d*cuDNN) {row['time_over_density_x_cudnn']:.2f} | graphs: ours "
             f"{'-' if ours_graph_ms is None else f'{ours_graph_ms:8.3f}'} t/(d*cuDNN) "
-            f"{'-' if graph_ratio is None else f'{graph_ratio:.2f}'}",
+            f"{'-' if graph_ratio is None else f'{graph_ratio:.2f}'} flex "
+            f"{'-' if flex_graph_ms is None else f'{flex_graph_ms:8.3f}'} | x flex "
+            f"{_ratio(flex_ms, ours_ms)} (graphs {_ratio(flex_graph_ms, ours_graph_ms)})",
             flush=True,
         )
     return rows
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    return "-" if numerator is None or denominator is None else f"{numerator / denominator:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
