@@ -5,13 +5,14 @@
 # every GPU test. The tests come last so that a call's time limit cuts them first: kernel_ab.sh
 # has already run the kernel's own GPU tests on any variant it measured. STEPS (some of
 # sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under
-# OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-build.log, NAME-gpu-tests.txt,
-# NAME-sanitizer-TOOL.txt, NAME-ncu.txt, NAME-ncu-stalls.txt (the main case's stall reasons and
-# tensor-pipe metrics), NAME-ncu-sass.csv (the stall samples of each SASS instruction),
-# NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. A step that
-# fails is reported and the rest still run; the exit status says whether all passed. PATCHES
-# (comma-separated patch files) are applied to the tree first, so a variant an A/B just
-# measured can be recorded before it is committed.
+# OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-clocks.csv (the card's clock and
+# power during the bench), NAME-build.log, NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt,
+# NAME-ncu.txt, NAME-ncu-stalls.txt (the main case's stall reasons and tensor-pipe metrics),
+# NAME-ncu-sass.csv (the stall samples of each SASS instruction), NAME-ncu-sass-stalls.txt
+# (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. A step that fails is reported and the
+# rest still run; the exit status says whether all passed. PATCHES (comma-separated patch
+# files) are applied to the tree first, so a variant an A/B just measured can be recorded
+# before it is committed.
 #
 #   [PATCHES=P1,P2] [STEPS=S1,S2] bash bench/kernel_record.sh NAME [bench.kernel args...]
 #
@@ -58,9 +59,14 @@ done
 
 if want bench; then
   say "bench.kernel $*"
-  (cd "$repo" && timeout -s KILL 400 python3 -m bench.kernel --library "$SAS_KERNEL_LIBRARY" \
+  # The card's clock, power and throttle reasons every 100 ms while the bench runs.
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
+    --format=csv -lms 100 >"$out/$name-clocks.csv" 2>&1 &
+  clock_log=$!
+  (cd "$repo" && timeout -s KILL 480 python3 -m bench.kernel --library "$SAS_KERNEL_LIBRARY" \
     --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name-bench.txt" | grep "^S=") \
     || failed+=("bench")
+  kill "$clock_log" 2>/dev/null
 fi
 
 if want ncu && ! command -v ncu >/dev/null; then

@@ -107,7 +107,7 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
     assert "--clock-control none" in calls  # ncu leaves the clocks alone
     out = Path(stubs["OUT"])
     assert (out / "kernel-test.json").exists()
-    for part in ("gpu-tests.txt", "bench.txt", "ncu.txt", "sanitizer-racecheck.txt"):
+    for part in ("gpu-tests.txt", "bench.txt", "clocks.csv", "ncu.txt", "sanitizer-racecheck.txt"):
         assert (out / f"kernel-test-{part}").stat().st_size > 0, part
     ncu = (out / "kernel-test-ncu.txt").read_text()
     assert "per launch" in ncu  # profiled

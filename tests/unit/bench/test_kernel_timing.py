@@ -1,0 +1,61 @@
+"""bench.kernel's interleaved graph timing, with capture and replay stood in for (CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from bench import kernel
+
+
+@dataclass
+class _Graph:
+    side: str
+    calls: int
+
+
+def _stand_in(monkeypatch: pytest.MonkeyPatch, per_call_ms: dict[str, float | None]) -> list[str]:
+    replays: list[str] = []
+
+    def capture(fn: Callable[[], object], calls: int) -> _Graph | None:
+        side = fn()  # each stand-in side returns its own name
+        assert isinstance(side, str)
+        return None if per_call_ms[side] is None else _Graph(side, calls)
+
+    def replay_ms(graph: _Graph) -> float:
+        replays.append(graph.side)
+        per_call = per_call_ms[graph.side]
+        assert per_call is not None
+        return graph.calls * per_call
+
+    monkeypatch.setattr(kernel, "_capture", capture)
+    monkeypatch.setattr(kernel, "_replay_ms", replay_ms)
+    return replays
+
+
+def test_every_side_is_soaked_then_timed_in_turn_with_a_new_side_first_each_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replays = _stand_in(monkeypatch, {"ours": 1.0, "cudnn": 4.0})
+    times = kernel.time_interleaved_graphs_ms(
+        {"ours": lambda: "ours", "cudnn": lambda: "cudnn"}, replay_ms=20, rounds=4, soak_ms=100
+    )
+    assert times == {"ours": 1.0, "cudnn": 4.0}
+    # One single-call replay each to size the graphs (20 and 5 calls: 20 ms each), soak rounds
+    # of both until 100 ms (40 ms a round), then four timed rounds changing the first side.
+    sizing, soak, timed = replays[:2], replays[2:8], replays[8:]
+    assert sizing == ["ours", "cudnn"]
+    assert soak == ["ours", "cudnn"] * 3
+    assert timed == ["ours", "cudnn", "cudnn", "ours", "ours", "cudnn", "cudnn", "ours"]
+
+
+def test_a_side_that_cannot_be_captured_is_none_and_the_others_are_still_timed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _stand_in(monkeypatch, {"ours": 2.0, "flex": None})
+    times = kernel.time_interleaved_graphs_ms(
+        {"ours": lambda: "ours", "flex": lambda: "flex"}, rounds=3, soak_ms=10
+    )
+    assert times == {"ours": 2.0, "flex": None}
