@@ -1,4 +1,4 @@
-"""bench.kernel's interleaved graph timing, with capture and replay stood in for (CPU)."""
+"""bench.kernel's sustained graph timing, with capture and replay stood in for (CPU)."""
 
 from __future__ import annotations
 
@@ -35,27 +35,35 @@ def _stand_in(monkeypatch: pytest.MonkeyPatch, per_call_ms: dict[str, float | No
     return replays
 
 
-def test_every_side_is_soaked_then_timed_in_turn_with_a_new_side_first_each_round(
+def test_each_side_is_soaked_alone_then_timed_and_later_passes_go_in_reverse(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     replays = _stand_in(monkeypatch, {"ours": 1.0, "cudnn": 4.0})
-    times = kernel.time_interleaved_graphs_ms(
-        {"ours": lambda: "ours", "cudnn": lambda: "cudnn"}, replay_ms=20, rounds=4, soak_ms=100
+    times = kernel.time_sustained_graphs_ms(
+        {"ours": lambda: "ours", "cudnn": lambda: "cudnn"},
+        replay_ms=20,
+        soak_ms=50,
+        samples=2,
+        passes=2,
     )
     assert times == {"ours": 1.0, "cudnn": 4.0}
-    # One single-call replay each to size the graphs (20 and 5 calls: 20 ms each), soak rounds
-    # of both until 100 ms (40 ms a round), then four timed rounds changing the first side.
-    sizing, soak, timed = replays[:2], replays[2:8], replays[8:]
-    assert sizing == ["ours", "cudnn"]
-    assert soak == ["ours", "cudnn"] * 3
-    assert timed == ["ours", "cudnn", "cudnn", "ours", "ours", "cudnn", "cudnn", "ours"]
+    # One single-call replay each sizes the graphs (20 and 5 calls: 20 ms a replay); then each
+    # side alone: three replays of soak (60 ms >= 50), two timed; the second pass reversed.
+    assert replays == [
+        "ours",
+        "cudnn",
+        *["ours"] * 5,
+        *["cudnn"] * 5,
+        *["cudnn"] * 5,
+        *["ours"] * 5,
+    ]
 
 
 def test_a_side_that_cannot_be_captured_is_none_and_the_others_are_still_timed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _stand_in(monkeypatch, {"ours": 2.0, "flex": None})
-    times = kernel.time_interleaved_graphs_ms(
-        {"ours": lambda: "ours", "flex": lambda: "flex"}, rounds=3, soak_ms=10
+    times = kernel.time_sustained_graphs_ms(
+        {"ours": lambda: "ours", "flex": lambda: "flex"}, samples=3, soak_ms=10
     )
     assert times == {"ours": 2.0, "flex": None}
