@@ -212,7 +212,9 @@ def inputs_for(seq_len: int, head_dim: int, heads: int) -> tuple[torch.Tensor, .
     return tuple(torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 
 
-def _cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
+def cudnn_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
+) -> torch.Tensor:
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         return functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
@@ -223,8 +225,8 @@ def bench_shape(
     q, k, v = inputs_for(seq_len, head_dim, heads)
     dense_flops = 4 * heads * seq_len * seq_len * head_dim
 
-    cudnn_dense = partial(_cudnn, q, k, v, causal=False)
-    cudnn_causal = partial(_cudnn, q, k, v, causal=True)
+    cudnn_dense = partial(cudnn_attention, q, k, v, causal=False)
+    cudnn_causal = partial(cudnn_attention, q, k, v, causal=True)
     cudnn_ms = time_ms(cudnn_dense)
     cudnn_causal_ms = time_ms(cudnn_causal)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):

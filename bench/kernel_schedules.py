@@ -1,0 +1,88 @@
+"""The kernel's two schedules side by side: the plain one and the one that carries each tile's
+last P V into the next tile (`carry_last_product`), on bench.kernel's rows, timed from CUDA
+graphs under a sustained load beside cuDNN dense (bench.kernel.time_sustained_graphs_ms), so
+that `ops.MIN_KV_BLOCKS_TO_CARRY` can be chosen from one run.
+
+    python -m bench.kernel_schedules --seq-lens 16384,32768 --head-dim 128 \\
+        --masks random-1.0,random-0.25,causal --out bench/results/schedules.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.kernel import (
+    MASK_NAMES,
+    cudnn_attention,
+    environment,
+    inputs_for,
+    masks_for,
+    time_sustained_graphs_ms,
+)
+from sas_runtime.kernels import ops
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:8.3f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="16384,32768")
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--masks", default=",".join(MASK_NAMES))
+    parser.add_argument("--library", type=Path, default=None, help="compiled extension")
+    parser.add_argument("--out", type=Path, default=None, help="result JSON")
+    args = parser.parse_args(argv)
+
+    reason = ops.load_library(args.library) or ops.unavailable_reason()
+    if reason is not None:
+        print(f"cannot run the kernel: {reason}", file=sys.stderr)
+        return 1
+    rows: list[dict[str, Any]] = []
+    for seq_len in (int(s) for s in args.seq_lens.split(",")):
+        q, k, v = inputs_for(seq_len, args.head_dim, args.heads)
+        for name, mask in masks_for(args.heads, seq_len, args.masks.split(",")).items():
+            call = partial(ops.block_sparse_attention, q, k, v, block_mask=mask)
+            times = time_sustained_graphs_ms(
+                {
+                    "plain": partial(call, carry_last_product=False),
+                    "carried": partial(call, carry_last_product=True),
+                    "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
+                }
+            )
+            plain, carried = times["plain"], times["carried"]
+            ratio = None if plain is None or carried is None else carried / plain
+            rows.append(
+                {
+                    "seq_len": seq_len,
+                    "head_dim": args.head_dim,
+                    "heads": args.heads,
+                    "mask": name,
+                    "plain_graph_ms": plain,
+                    "carried_graph_ms": carried,
+                    "cudnn_dense_graph_ms": times["cudnn_dense"],
+                    "carried_over_plain": ratio,
+                }
+            )
+            print(
+                f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} plain {_ms(plain)} carried "
+                f"{_ms(carried)} cuDNN dense {_ms(times['cudnn_dense'])} | carried/plain "
+                f"{'-' if ratio is None else f'{ratio:.3f}'}",
+                flush=True,
+            )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"environment": environment([sys.executable, *sys.argv]), "rows": rows}
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
