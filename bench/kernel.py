@@ -116,8 +116,8 @@ def time_sustained_graphs_ms(
     `soak_ms`, then timed over `samples` replays, one side after another, and the sides go
     again in reverse order for each further pass; each side's median over all its samples is
     taken. Alternating the sides every replay instead (run 10) handed each side the clock the
-    one before it left: FlexAttention read 15-17% slower than alone, our kernel 3-5% faster. None
-    for a side that cannot be captured."""
+    one before it left: FlexAttention read 13-18% slower than its eager figure. None for a side
+    that cannot be captured."""
     graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]] = {}
     for name, fn in sides.items():
         single = _capture(fn, 1)

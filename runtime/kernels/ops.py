@@ -186,8 +186,9 @@ def carries_last_product(head_dim: int, kv_blocks: int) -> bool:
     """Whether the kernel runs each tile's last P V beside the next tile's first Q K^T (the
     same result either way). Run 9 (bench/KERNEL_NOTES.md) measured it 0.94-1.00x base at D128
     with 256 key blocks, on every mask; at 128 blocks up to 1.06x on sparse masks, at 32 blocks
-    up to 1.08x, and 1.06-1.12x at D64. The mean tile length would be the better measure, but
-    it lives on the device and the choice is made without a sync."""
+    up to 1.08x, and 1.06-1.12x at D64. Run 10, under a sustained load: 0.945-1.006x at 256
+    blocks, 0.976-1.040x at 128. The mean tile length would be the better measure, but it lives
+    on the device and the choice is made without a sync."""
     return head_dim == 128 and kv_blocks >= MIN_KV_BLOCKS_TO_CARRY
 
 
