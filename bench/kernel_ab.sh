@@ -121,14 +121,15 @@ done
 [ ${#kept[@]} -gt 1 ] || { say "no variant left to benchmark"; exit 1; }
 declare -A dropped
 
-# Each bench gets 120 s; a variant whose bench fails or hangs is left out of the rest.
+# Each bench gets 200 s (its rows are timed under a sustained load, ~2 s each); a variant whose
+# bench fails or hangs is left out of the rest.
 for pass in 1 2; do
   for head_dim in "${head_dims[@]}"; do
     for side in "${kept[@]}"; do
       [ -n "${dropped[$side]:-}" ] && continue
       say "bench $side D$head_dim pass $pass"
       if ! (cd "$repo" && PYTHONPATH="$work/site-$side:$repo:${PYTHONPATH:-}" \
-        timeout -s KILL 120 python3 -m bench.kernel --seq-lens "$seq_lens" \
+        timeout -s KILL 200 python3 -m bench.kernel --seq-lens "$seq_lens" \
         --head-dims "$head_dim" --masks "$masks" --no-flex --library "$(library "$side")" \
         --out "$out/$side-d$head_dim-pass$pass.json" >"$out/$side-d$head_dim-pass$pass.txt" 2>&1); then
         tail -20 "$out/$side-d$head_dim-pass$pass.txt"
