@@ -40,12 +40,11 @@ DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
 MASK_NAMES = (*(f"random-{d}" for d in DENSITIES), "window-1024", "global-window", "causal")
 
 
-def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> float:
-    """Median device time of `fn` in milliseconds, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
+def single_call_ms(fn: Callable[[], object], samples: int) -> list[float]:
+    """Each call timed alone between two events and synchronised after: the eager way, whose
+    figure includes whatever the host spends before the launch."""
     times = []
-    for _ in range(repeats):
+    for _ in range(samples):
         start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         start.record()
@@ -53,8 +52,29 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> 
         end.record()
         end.synchronize()
         times.append(float(start.elapsed_time(end)))
-    times.sort()
-    return times[len(times) // 2]
+    return times
+
+
+def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> float:
+    """Median device time of `fn` in milliseconds over single calls (`single_call_ms`)."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(single_call_ms(fn, repeats))
+
+
+def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    """--library (the compiled extension to load) and --out (the result JSON)."""
+    parser.add_argument("--library", type=Path, default=None, help="compiled extension")
+    parser.add_argument("--out", type=Path, default=None, help="result JSON")
+
+
+def load_kernel(library: Path | None) -> bool:
+    """Loads the extension (the given one, or the default build); says why not if it cannot
+    run here."""
+    reason = ops.load_library(library) or ops.unavailable_reason()
+    if reason is not None:
+        print(f"cannot run the kernel: {reason}", file=sys.stderr)
+    return reason is None
 
 
 def _capture(fn: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph | None:
@@ -316,14 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--masks", default=",".join(MASK_NAMES))
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
-    parser.add_argument("--library", type=Path, default=None, help="compiled extension")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON")
+    add_kernel_arguments(parser)
     args = parser.parse_args(argv)
-
-    reason = ops.load_library(args.library)
-    reason = reason or ops.unavailable_reason()
-    if reason is not None:
-        print(f"cannot run the kernel: {reason}", file=sys.stderr)
+    if not load_kernel(args.library):
         return 1
     result: dict[str, Any] = {
         "environment": environment([sys.executable, *sys.argv]),

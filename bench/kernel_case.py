@@ -11,12 +11,11 @@ overhead included when one is attached).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from bench.kernel import inputs_for, masks_for
+from bench.kernel import inputs_for, load_kernel, masks_for
 from sas_runtime.kernels import ops
 
 
@@ -30,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library", type=Path, default=None, help="compiled extension")
     args = parser.parse_args(argv)
 
-    reason = ops.load_library(args.library) or ops.unavailable_reason()
-    if reason is not None:
-        print(f"cannot run the kernel: {reason}", file=sys.stderr)
+    if not load_kernel(args.library):
         return 1
     q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
     mask = masks_for(args.heads, args.seq_len, [args.mask])[args.mask]

@@ -13,14 +13,15 @@ import argparse
 import json
 import sys
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from bench.kernel import (
     MASK_NAMES,
+    add_kernel_arguments,
     cudnn_attention,
     environment,
     inputs_for,
+    load_kernel,
     masks_for,
     time_sustained_graphs_ms,
 )
@@ -37,13 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--masks", default=",".join(MASK_NAMES))
-    parser.add_argument("--library", type=Path, default=None, help="compiled extension")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON")
+    add_kernel_arguments(parser)
     args = parser.parse_args(argv)
-
-    reason = ops.load_library(args.library) or ops.unavailable_reason()
-    if reason is not None:
-        print(f"cannot run the kernel: {reason}", file=sys.stderr)
+    if not load_kernel(args.library):
         return 1
     rows: list[dict[str, Any]] = []
     for seq_len in (int(s) for s in args.seq_lens.split(",")):

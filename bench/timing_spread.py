@@ -22,33 +22,25 @@ import statistics
 import sys
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional
 from torch.nn.attention import SDPBackend, flex_attention, sdpa_kernel
 
-from bench.kernel import environment, inputs_for, masks_for, time_graph_ms
+from bench.kernel import (
+    add_kernel_arguments,
+    environment,
+    inputs_for,
+    load_kernel,
+    masks_for,
+    single_call_ms,
+    time_graph_ms,
+)
 from sas_runtime.kernels import ops
 
 SIDES = ("ours", "flex", "cudnn")
 WAYS = ("single", "queued", "graph")
-
-
-def single_call_ms(fn: Callable[[], object], samples: int) -> list[float]:
-    """Each call timed alone between two events, synchronised after it: bench.kernel's eager
-    way, whose figure includes whatever the host spends before the launch."""
-    times = []
-    for _ in range(samples):
-        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(float(start.elapsed_time(end)))
-    return times
 
 
 def queued_ms(fn: Callable[[], object], calls: int) -> float:
@@ -112,13 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask", default="random-1.0")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--library", type=Path, default=None, help="compiled extension")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON")
+    add_kernel_arguments(parser)
     args = parser.parse_args(argv)
-
-    reason = ops.load_library(args.library) or ops.unavailable_reason()
-    if reason is not None:
-        print(f"cannot run the kernel: {reason}", file=sys.stderr)
+    if not load_kernel(args.library):
         return 1
     sides = sides_for(args.seq_len, args.head_dim, args.heads, args.mask)
     for fn in sides.values():  # compile and warm every side before the first round
