@@ -5,8 +5,9 @@
 # bench/kernel.py for base and the variants alternated, twice per head dim, writing JSON and a
 # log under OUT, and last the variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
 #
-#   [SANITIZE=1|NAME,...] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] [SEQ_LENS] [HEAD_DIMS]
-#   (NAME: a patch's file name without .patch, or base)
+#   [SANITIZE=1|NAME,...] [SIDE_BY_SIDE=1] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] \
+#     [SEQ_LENS] [HEAD_DIMS]
+#   (NAME: a patch's file name without .patch, or base; SIDE_BY_SIDE: below)
 #
 # Needs .whl/ and .carry/ in the repository root (bench/device_env.sh installs them; `python -m
 # bench.device_carry` prepares both to carry), unless SAS_CUTLASS_INCLUDE is set already.
@@ -119,6 +120,39 @@ for side in "${built[@]:1}"; do
   kept+=("$side")
 done
 [ ${#kept[@]} -gt 1 ] || { say "no variant left to benchmark"; exit 1; }
+
+# SIDE_BY_SIDE=1: each kept variant is built again under its own op namespace (sas_v1, sas_v2,
+# ... in patch order; OUT/variants.txt maps them to patches) and `python -m bench.kernel_variants`
+# times base and every variant in one process, row by row, twice; its own output replaces
+# the alternated benches and kernel_ab_summary. For patches that leave the op's arguments alone.
+if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
+  variant_args=()
+  number=0
+  for side in "${kept[@]:1}"; do
+    number=$((number + 1))
+    say "build $side as sas_v$number"
+    if PYTHONPATH="$work/site-$side:${PYTHONPATH:-}" MAX_JOBS=16 python3 -m sas_runtime.kernels.build \
+      --out "$work/variant-$side" --op-namespace "sas_v$number" >"$out/$side-variant-build.log" 2>&1; then
+      variant_args+=(--variant "$work/variant-$side/sas_kernels_sas_v$number.so")
+      echo "sas_v$number $side" >>"$out/variants.txt"
+    else
+      tail -30 "$out/$side-variant-build.log"
+      say "$side: variant build failed"
+    fi
+  done
+  [ ${#variant_args[@]} -gt 0 ] || { say "no variant left to benchmark"; exit 1; }
+  for pass in 1 2; do
+    say "side by side, pass $pass"
+    (cd "$repo" && PYTHONPATH="$work/site-base:$repo:${PYTHONPATH:-}" timeout -s KILL 400 \
+      python3 -m bench.kernel_variants --library "$(library base)" "${variant_args[@]}" \
+      --seq-lens "$seq_lens" --head-dims "$(IFS=,; echo "${head_dims[*]}")" --masks "$masks" \
+      --out "$out/side-by-side-pass$pass.json" >"$out/side-by-side-pass$pass.txt" 2>&1) \
+      || say "side by side pass $pass failed: $(tail -1 "$out/side-by-side-pass$pass.txt")"
+    grep -E "^S=|^geometric" "$out/side-by-side-pass$pass.txt" || true
+  done
+  say done
+  exit 0
+fi
 declare -A dropped
 
 # Each bench gets 200 s (its rows are timed under a sustained load, ~2 s each); a variant whose

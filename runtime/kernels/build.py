@@ -10,6 +10,10 @@ build directory, one `fwd_<dtype>_hdim<D>_sm90.cu` each, and trimmed by env knob
 - `CUDA_HOME`: the CUDA toolkit; when unset and torch finds none, the cuda-toolkit wheel's
   `nvidia/cu13` is used through a shim directory in the build cache (torch's builder wants
   `lib64/` and an unversioned `libcudart.so`, which the wheel lacks).
+
+`--op-namespace sas_NAME` builds `DIR/sas_kernels_sas_NAME.so` with the C++ namespace and the op
+namespace both renamed (`torch.ops.sas_NAME.block_sparse_attention_fwd`): a variant of the kernel
+that loads beside the runtime's own and shares no symbol with it, for bench/kernel_variants.py.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,17 +30,23 @@ from pathlib import Path
 __all__ = [
     "CSRC_DIR",
     "LIBRARY_NAME",
+    "OP_NAMESPACE",
     "BuildMatrix",
     "build_extension",
+    "check_op_namespace",
     "cuda_home",
     "cutlass_include_dir",
     "default_build_dir",
+    "library_name",
+    "namespace_defines",
     "nvcc_flags",
     "write_instantiations",
 ]
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 LIBRARY_NAME = "sas_kernels"
+OP_NAMESPACE = "sas"
+_VARIANT_NAMESPACE = re.compile(r"sas_[a-z0-9_]+")
 SM90_GENCODE = "-gencode=arch=compute_90a,code=sm_90a"
 _DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}
 _HEAD_DIMS = (64, 128)
@@ -123,7 +134,28 @@ def cuda_home(cache_dir: Path) -> Path:
     return shim
 
 
-def nvcc_flags(matrix: BuildMatrix) -> list[str]:
+def check_op_namespace(op_namespace: str) -> str:
+    """`sas`, or a variant's `sas_<lowercase letters, digits, _>` (a prefix no header uses)."""
+    if op_namespace != OP_NAMESPACE and not _VARIANT_NAMESPACE.fullmatch(op_namespace):
+        raise ValueError(
+            f"op namespace {op_namespace!r}: use sas, or sas_ followed by lowercase letters, "
+            "digits and underscores"
+        )
+    return op_namespace
+
+
+def namespace_defines(op_namespace: str) -> list[str]:
+    """-D flags that rename the C++ and op namespace `sas` (none for `sas` itself)."""
+    check_op_namespace(op_namespace)
+    return [] if op_namespace == OP_NAMESPACE else [f"-Dsas={op_namespace}"]
+
+
+def library_name(op_namespace: str) -> str:
+    check_op_namespace(op_namespace)
+    return LIBRARY_NAME if op_namespace == OP_NAMESPACE else f"{LIBRARY_NAME}_{op_namespace}"
+
+
+def nvcc_flags(matrix: BuildMatrix, op_namespace: str = OP_NAMESPACE) -> list[str]:
     """nvcc flags of every kernel translation unit (sm_90a only)."""
     return [
         "-O3",
@@ -134,6 +166,7 @@ def nvcc_flags(matrix: BuildMatrix) -> list[str]:
         "-lineinfo",
         "-DNDEBUG",
         *matrix.defines(),
+        *namespace_defines(op_namespace),
     ]
 
 
@@ -155,7 +188,13 @@ def write_instantiations(matrix: BuildMatrix, out_dir: Path) -> list[Path]:
     return paths
 
 
-def build_extension(build_dir: Path, matrix: BuildMatrix, *, verbose: bool = False) -> Path:
+def build_extension(
+    build_dir: Path,
+    matrix: BuildMatrix,
+    *,
+    op_namespace: str = OP_NAMESPACE,
+    verbose: bool = False,
+) -> Path:
     """Compiles and links the extension into `build_dir`; returns the library's path.
 
     Runs torch's builder in this process: CUDA_HOME and TORCH_CUDA_ARCH_LIST must be set in the
@@ -165,39 +204,66 @@ def build_extension(build_dir: Path, matrix: BuildMatrix, *, verbose: bool = Fal
 
     generated = write_instantiations(matrix, build_dir / "generated")
     include = [str(CSRC_DIR), str(cutlass_include_dir())]
+    name = library_name(op_namespace)
     load(
-        name=LIBRARY_NAME,
+        name=name,
         sources=[str(CSRC_DIR / "block_sparse_attention.cpp"), *map(str, generated)],
         extra_include_paths=include,
-        extra_cflags=["-O3", "-std=c++17", *matrix.defines()],
-        extra_cuda_cflags=nvcc_flags(matrix),
+        extra_cflags=[
+            "-O3",
+            "-std=c++17",
+            *matrix.defines(),
+            *namespace_defines(op_namespace),
+        ],
+        extra_cuda_cflags=nvcc_flags(matrix, op_namespace),
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=verbose,
     )
-    return build_dir / f"{LIBRARY_NAME}.so"
+    return build_dir / f"{name}.so"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_build_dir(), help="build directory")
+    parser.add_argument(
+        "--op-namespace",
+        default=OP_NAMESPACE,
+        help="sas, or sas_NAME for a variant that loads beside the runtime's library",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        check_op_namespace(args.op_namespace)
+    except ValueError as error:
+        parser.error(str(error))
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if "torch.utils.cpp_extension" not in sys.modules:
         os.environ["CUDA_HOME"] = str(cuda_home(out))
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")
         os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
-    library = build_extension(out, BuildMatrix.from_env(os.environ), verbose=args.verbose)
+    library = build_extension(
+        out, BuildMatrix.from_env(os.environ), op_namespace=args.op_namespace, verbose=args.verbose
+    )
     print(library)
     return 0
 
 
-def run_build_subprocess(out: Path, env: dict[str, str] | None = None) -> Path:
+def run_build_subprocess(
+    out: Path, env: dict[str, str] | None = None, op_namespace: str = OP_NAMESPACE
+) -> Path:
     """Builds in a fresh interpreter (so the environment knobs apply); returns the library."""
     result = subprocess.run(
-        [sys.executable, "-m", "sas_runtime.kernels.build", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "sas_runtime.kernels.build",
+            "--out",
+            str(out),
+            "--op-namespace",
+            op_namespace,
+        ],
         env={**os.environ, **(env or {})},
         check=True,
         capture_output=True,

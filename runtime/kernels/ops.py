@@ -23,6 +23,7 @@ __all__ = [
     "library_path",
     "load_library",
     "long_tiles_first_order",
+    "op_arguments",
     "orders_tiles",
     "unavailable_reason",
 ]
@@ -192,6 +193,45 @@ def carries_last_product(head_dim: int, kv_blocks: int) -> bool:
     return head_dim == 128 and kv_blocks >= MIN_KV_BLOCKS_TO_CARRY
 
 
+def op_arguments(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block_mask: BlockMask,
+    scale: float | None = None,
+    carry_last_product: bool | None = None,
+) -> tuple[object, ...]:
+    """The positional arguments of `block_sparse_attention_fwd` for one call, as
+    `block_sparse_attention` passes them to `torch.ops.sas`: the block size checked, the
+    schedule settled, the tile order computed or reused. A benchmark passes the same to a
+    variant's namespace (sas_runtime.kernels.build --op-namespace)."""
+    if block_mask.block_size != BLOCK_SIZE:
+        raise ValueError(
+            f"the sparse kernel needs {BLOCK_SIZE}-token blocks, got {block_mask.block_size}"
+        )
+    element = block_mask.element_mask
+    if carry_last_product is None:
+        carry_last_product = carries_last_product(q.shape[-1], -(-k.shape[2] // BLOCK_SIZE))
+    return (
+        q,
+        k,
+        v,
+        block_mask.kv_num_blocks,
+        block_mask.kv_indices,
+        block_mask.full_kv_num_blocks,
+        block_mask.full_kv_indices,
+        element.document_ids,
+        element.kv_lengths,
+        scale if scale is not None else q.shape[-1] ** -0.5,
+        element.causal,
+        -1 if element.window is None else element.window,
+        element.global_tokens,
+        _tile_order(block_mask, q, k.shape[2]),
+        carry_last_product,
+    )
+
+
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -211,28 +251,8 @@ def block_sparse_attention(
     Returns (out [B, Hq, Sq, D] in q's dtype, lse [B, Hq, Sq] float32, natural log; rows that
     see no key give 0 and -inf).
     """
-    if block_mask.block_size != BLOCK_SIZE:
-        raise ValueError(
-            f"the sparse kernel needs {BLOCK_SIZE}-token blocks, got {block_mask.block_size}"
-        )
-    element = block_mask.element_mask
-    if carry_last_product is None:
-        carry_last_product = carries_last_product(q.shape[-1], -(-k.shape[2] // BLOCK_SIZE))
-    result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(
-        q,
-        k,
-        v,
-        block_mask.kv_num_blocks,
-        block_mask.kv_indices,
-        block_mask.full_kv_num_blocks,
-        block_mask.full_kv_indices,
-        element.document_ids,
-        element.kv_lengths,
-        scale if scale is not None else q.shape[-1] ** -0.5,
-        element.causal,
-        -1 if element.window is None else element.window,
-        element.global_tokens,
-        _tile_order(block_mask, q, k.shape[2]),
-        carry_last_product,
+    arguments = op_arguments(
+        q, k, v, block_mask=block_mask, scale=scale, carry_last_product=carry_last_product
     )
+    result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(*arguments)
     return result

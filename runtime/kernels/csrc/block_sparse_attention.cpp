@@ -197,12 +197,20 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
 
 }  // namespace
 
+// The op namespace is the C++ one, `sas`, for the library the runtime loads. A benchmark builds
+// a variant of the kernel with `sas` defined to another name (build.py --op-namespace), which
+// renames both, so that the two libraries load into one process, share no symbol, and run side
+// by side (bench/kernel_variants.py). TORCH_LIBRARY pastes its argument without expanding it:
+// these wrappers expand it first.
+#define SAS_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define SAS_TORCH_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
 // tile_order: optional int32 [batch * heads * query blocks], a permutation of the tiles (in the
 // kernel's numbering: one (batch, head) at a time, query blocks from the last down) giving the
 // order the persistent CTAs take them in; sas_runtime.kernels.ops.long_tiles_first_order.
 // carry_last_product: each tile's last P V runs beside the next tile's first Q K^T (the same
 // result; faster on long D128 tiles); sas_runtime.kernels.ops.carries_last_product.
-TORCH_LIBRARY(sas, m) {
+SAS_TORCH_LIBRARY(sas, m) {
   m.def(
       "block_sparse_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, "
       "Tensor kv_indices, Tensor full_kv_num_blocks, Tensor full_kv_indices, "
@@ -211,7 +219,7 @@ TORCH_LIBRARY(sas, m) {
       "-> (Tensor out, Tensor lse)");
 }
 
-TORCH_LIBRARY_IMPL(sas, CUDA, m) {
+SAS_TORCH_LIBRARY_IMPL(sas, CUDA, m) {
   m.impl("block_sparse_attention_fwd", &block_sparse_attention_fwd_cuda);
 }
 

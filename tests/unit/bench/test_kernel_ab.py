@@ -33,7 +33,8 @@ if args[:2] == ["-m", "sas_runtime.kernels.build"]:
         sys.exit("error: stub build failure")
     out = pathlib.Path(args[args.index("--out") + 1])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sas_kernels.so").touch()
+    namespace = args[args.index("--op-namespace") + 1] if "--op-namespace" in args else "sas"
+    (out / ("sas_kernels.so" if namespace == "sas" else f"sas_kernels_{{namespace}}.so")).touch()
 elif args[:2] == ["-m", "pytest"]:
     failing = pathlib.Path("FAIL_TESTS").exists()
     print("tests/gpu/test_x.py::test_x FAILED" if failing else "tests/gpu/test_x.py::test_x PASSED")
@@ -47,6 +48,11 @@ elif args[:2] == ["-m", "bench.kernel"]:
            "ours_graph_ms": None, "cudnn_dense_graph_ms": None}}
     out.write_text(json.dumps({{"environment": {{}}, "rows": [row]}}))
     print("S=4096 stub")
+elif args[:2] == ["-m", "bench.kernel_variants"]:
+    out = pathlib.Path(args[args.index("--out") + 1])
+    out.write_text(json.dumps({{"rows": [], "variants": args[args.index("--variant") + 1]}}))
+    print("S=4096 stub side by side")
+    print("geometric mean over base: sas_v1 0.990")
 elif args[:2] == ["-m", "bench.kernel_ab_summary"]:
     sys.exit(subprocess.call([{sys.executable!r}, *args]))
 else:
@@ -156,3 +162,30 @@ def test_head_dims_pick_which_benches_run(tmp_path: Path, stubs: dict[str, str])
     assert benched == sorted(
         f"{side}-d128-pass{n}.json" for side in ("base", "kernel-good") for n in (1, 2)
     )
+
+
+def test_side_by_side_builds_each_kept_variant_under_its_own_namespace_and_times_them_together(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
+    bad = _patch(tmp_path, "kernel-bad", "FAIL_TESTS")
+    result = _ab({**stubs, "SIDE_BY_SIDE": "1"}, f"{good},{bad}", "causal", "4096", "128,64")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = Path(stubs["OUT"])
+    assert (out / "variants.txt").read_text() == "sas_v1 kernel-good\n"
+    calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
+    namespaced = [line for line in calls if "--op-namespace" in line]
+    assert len(namespaced) == 1
+    assert Path(namespaced[0].split(" | ")[1]).name == "site-kernel-good"
+    side_by_side = [line for line in calls if line.startswith("-m bench.kernel_variants ")]
+    assert len(side_by_side) == 2  # two passes, each one process for every side
+    for line in side_by_side:
+        assert "sas_kernels_sas_v1.so" in line
+        assert "--head-dims 128,64" in line
+        assert Path(line.split(" | ")[1]).name == "site-base"
+    assert not any(line.startswith("-m bench.kernel ") for line in calls)
+    assert "geometric mean over base: sas_v1 0.990" in result.stdout
+    assert sorted(p.name for p in out.glob("side-by-side-pass*.json")) == [
+        "side-by-side-pass1.json",
+        "side-by-side-pass2.json",
+    ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -58,8 +60,7 @@ def test_nvcc_flags_target_sm90a_only() -> None:
     assert not any("sm_80" in f or "compute_80" in f for f in flags)
 
 
-@pytest.fixture(scope="module")
-def built_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _build(tmp_path_factory: pytest.TempPathFactory, op_namespace: str) -> Path:
     if build._wheel_cuda_dir() is None and "CUDA_HOME" not in os.environ:
         pytest.skip("no CUDA toolkit (install the kernels-build extra)")
     out = tmp_path_factory.mktemp("kernels")
@@ -68,7 +69,12 @@ def built_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "SAS_KERNEL_HEAD_DIMS": os.environ.get("SAS_KERNEL_HEAD_DIMS", "64"),
         "XDG_CACHE_HOME": str(out),
     }
-    return build.run_build_subprocess(out, env)
+    return build.run_build_subprocess(out, env, op_namespace)
+
+
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory, "sas")
 
 
 def test_extension_compiles_for_sm90a_and_loads_without_a_gpu(built_library: Path) -> None:
@@ -77,6 +83,39 @@ def test_extension_compiles_for_sm90a_and_loads_without_a_gpu(built_library: Pat
     schema = str(torch.ops.sas.block_sparse_attention_fwd.default._schema)
     assert schema.startswith("sas::block_sparse_attention_fwd(Tensor q, Tensor k, Tensor v,")
     assert schema.endswith("-> (Tensor out, Tensor lse)")
+
+
+def test_variant_namespaces_are_sas_prefixed_and_rename_the_library() -> None:
+    assert build.namespace_defines("sas") == []
+    assert build.namespace_defines("sas_v16e") == ["-Dsas=sas_v16e"]
+    assert build.library_name("sas") == "sas_kernels"
+    assert build.library_name("sas_v16e") == "sas_kernels_sas_v16e"
+    assert "-Dsas=sas_v16e" in build.nvcc_flags(build.BuildMatrix(), "sas_v16e")
+    for bad in ("cute", "sas_", "sas_V2", "sas-v2", "torch", ""):
+        with pytest.raises(ValueError, match="op namespace"):
+            build.check_op_namespace(bad)
+
+
+def test_a_variant_build_loads_beside_the_runtimes_library_and_shares_no_symbol(
+    built_library: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    variant = _build(tmp_path_factory, "sas_variant")
+    assert variant.name == "sas_kernels_sas_variant.so"
+    assert ops.load_library(built_library) is None
+    torch.ops.load_library(str(variant))  # type: ignore[no-untyped-call]
+    ours = str(torch.ops.sas.block_sparse_attention_fwd.default._schema)
+    theirs = str(torch.ops.sas_variant.block_sparse_attention_fwd.default._schema)
+    assert theirs == ours.replace("sas::", "sas_variant::", 1)
+    nm = shutil.which("nm")
+    if nm is None:
+        return
+    symbols = subprocess.run(
+        [nm, "-DC", "--defined-only", str(variant)], capture_output=True, text=True, check=True
+    ).stdout
+    # The weak template symbols (TileTraits' TMA makers) would otherwise be the same names in
+    # both libraries, and the dynamic linker could bind one library's calls to the other's.
+    assert "sas_variant::run_block_sparse_fwd" in symbols
+    assert re.search(r"\bsas::", symbols) is None
 
 
 def test_fake_kernel_gives_output_shapes(built_library: Path) -> None:

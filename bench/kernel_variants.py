@@ -1,0 +1,200 @@
+"""Our kernel and variants of it side by side in one process: each variant is built from its
+patched tree with `python -m sas_runtime.kernels.build --op-namespace sas_NAME` (its own op
+and C++ namespace, so it loads beside the base library and shares no symbol with it), checked
+against base's output on every row, and timed on bench.kernel's rows from CUDA graphs under a
+sustained load beside base and cuDNN dense (bench.kernel.time_sustained_graphs_ms). Prints
+each variant's time over base per row and their geometric mean over the rows.
+
+    python -m bench.kernel_variants --library BASE/sas_kernels.so \\
+        --variant TREE/build/sas_kernels_sas_v22.so [--variant ...] \\
+        --seq-lens 4096,16384,32768 --head-dims 128 --masks random-1.0,causal --out R.json
+
+Every side gets base's op arguments (`ops.op_arguments`): a patch that changes the op's schema
+or what the wrapper passes needs `bench/kernel_ab.sh`, which runs each side in its own tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.kernel import (
+    MASK_NAMES,
+    add_kernel_arguments,
+    cudnn_attention,
+    environment,
+    inputs_for,
+    load_kernel,
+    masks_for,
+    time_sustained_graphs_ms,
+)
+from sas_runtime.kernels import ops
+
+VARIANT_LIBRARY = re.compile(r"sas_kernels_(?P<namespace>sas_[a-z0-9_]+)\.so")
+# A variant whose output differs from base's by more than this on a row is not timed there:
+# the same math in another order moves bf16 outputs by a few ulps (0.0078 at 1.0), not more.
+MAX_OUTPUT_DIFFERENCE = 0.05
+
+
+def variant_namespace(library: Path) -> str:
+    """The op namespace of a variant library, read from its file name."""
+    match = VARIANT_LIBRARY.fullmatch(library.name)
+    if match is None:
+        raise ValueError(
+            f"{library.name}: not a variant library (sas_kernels_sas_NAME.so, built with "
+            "--op-namespace sas_NAME)"
+        )
+    return match["namespace"]
+
+
+def geometric_mean(values: list[float]) -> float | None:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, float | None]:
+    """Each variant's geometric mean of time over base, over the rows where both were timed."""
+    return {
+        name: geometric_mean(
+            [
+                row["variants"][name]["over_base"]
+                for row in rows
+                if row["variants"][name]["over_base"] is not None
+            ]
+        )
+        for name in variants
+    }
+
+
+def _difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max absolute difference; inf where the two disagree on an inf or NaN (a NaN never
+    agrees)."""
+    special = ~torch.isfinite(a) | ~torch.isfinite(b)
+    if special.any() and not torch.equal(a[special], b[special]):
+        return math.inf
+    finite = ~special
+    return float((a[finite].float() - b[finite].float()).abs().max()) if finite.any() else 0.0
+
+
+def bench_row(
+    calls: dict[str, Callable[[], Any]],
+    cudnn_dense: Callable[[], object],
+) -> tuple[dict[str, float | None], dict[str, tuple[float, float]]]:
+    """Times base, the variants that agree with it, and cuDNN dense; returns the times and each
+    variant's (output, LSE) max difference from base."""
+    out, lse = calls["base"]()
+    differences = {}
+    timed: dict[str, Callable[[], object]] = {"base": calls["base"]}
+    for name, call in calls.items():
+        if name == "base":
+            continue
+        their_out, their_lse = call()
+        differences[name] = (_difference(out, their_out), _difference(lse, their_lse))
+        if differences[name][0] <= MAX_OUTPUT_DIFFERENCE:
+            timed[name] = call
+    times = time_sustained_graphs_ms({**timed, "cudnn_dense": cudnn_dense})
+    return {name: times.get(name) for name in (*calls, "cudnn_dense")}, differences
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", type=Path, action="append", required=True)
+    parser.add_argument("--seq-lens", default="4096,16384,32768")
+    parser.add_argument("--head-dims", default="128")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--masks", default=",".join(MASK_NAMES))
+    add_kernel_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        namespaces = {variant_namespace(path): path for path in args.variant}
+    except ValueError as error:
+        parser.error(str(error))
+    if not load_kernel(args.library):
+        return 1
+    for path in namespaces.values():
+        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
+
+    rows: list[dict[str, Any]] = []
+    for head_dim in (int(d) for d in args.head_dims.split(",")):
+        for seq_len in (int(s) for s in args.seq_lens.split(",")):
+            q, k, v = inputs_for(seq_len, head_dim, args.heads)
+            for name, mask in masks_for(args.heads, seq_len, args.masks.split(",")).items():
+                arguments = ops.op_arguments(q, k, v, block_mask=mask)
+                calls: dict[str, Callable[[], Any]] = {
+                    "base": partial(torch.ops.sas.block_sparse_attention_fwd, *arguments),
+                    **{
+                        namespace: partial(
+                            getattr(torch.ops, namespace).block_sparse_attention_fwd, *arguments
+                        )
+                        for namespace in namespaces
+                    },
+                }
+                times, differences = bench_row(
+                    calls, partial(cudnn_attention, q, k, v, causal=False)
+                )
+                base = times["base"]
+                row = {
+                    "seq_len": seq_len,
+                    "head_dim": head_dim,
+                    "heads": args.heads,
+                    "mask": name,
+                    "base_graph_ms": base,
+                    "cudnn_dense_graph_ms": times["cudnn_dense"],
+                    "variants": {
+                        namespace: _variant_entry(times[namespace], base, differences[namespace])
+                        for namespace in namespaces
+                    },
+                }
+                rows.append(row)
+                ratios = " | ".join(
+                    f"{namespace} {_ratio(row['variants'][namespace])}" for namespace in namespaces
+                )
+                print(
+                    f"S={seq_len:6d} D={head_dim:3d} {name:14s} base "
+                    f"{'-' if base is None else f'{base:8.3f}'} ms | {ratios}",
+                    flush=True,
+                )
+    summary = summarise(rows, list(namespaces))
+    print(
+        "geometric mean over base: "
+        + " | ".join(f"{n} {'-' if g is None else f'{g:.3f}'}" for n, g in summary.items())
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result = {
+            "environment": environment([sys.executable, *sys.argv]),
+            "variants": {namespace: str(path) for namespace, path in namespaces.items()},
+            "rows": rows,
+            "geometric_mean_over_base": summary,
+        }
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _variant_entry(
+    time: float | None, base: float | None, difference: tuple[float, float]
+) -> dict[str, float | None]:
+    return {
+        "graph_ms": time,
+        "over_base": None if time is None or base is None else time / base,
+        "max_output_difference": difference[0],
+        "max_lse_difference": difference[1],
+    }
+
+
+def _ratio(variant: dict[str, Any]) -> str:
+    if variant["over_base"] is None:
+        return f"not timed (output differs by {variant['max_output_difference']:.3g})"
+    return f"{variant['over_base']:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
