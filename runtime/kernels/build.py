@@ -151,6 +151,7 @@ def namespace_defines(op_namespace: str) -> list[str]:
 
 
 def library_name(op_namespace: str) -> str:
+    """`sas_kernels`, or `sas_kernels_<namespace>` for a variant."""
     check_op_namespace(op_namespace)
     return LIBRARY_NAME if op_namespace == OP_NAMESPACE else f"{LIBRARY_NAME}_{op_namespace}"
 
