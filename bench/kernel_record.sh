@@ -5,8 +5,8 @@
 # every GPU test. The tests come last so that a call's time limit cuts them first: kernel_ab.sh
 # has already run the kernel's own GPU tests on any variant it measured. STEPS (some of
 # sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under
-# OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-clocks.csv (the card's clock and
-# power during the bench), NAME-build.log, NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt,
+# OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-targets.txt (`bench.kernel_targets`
+# of it), NAME-clocks.csv (the card's clock and power during the bench), NAME-build.log, NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt,
 # NAME-ncu.txt, NAME-ncu-stalls.txt (the main case's stall reasons and tensor-pipe metrics),
 # NAME-ncu-sass.csv (the stall samples of each SASS instruction), NAME-ncu-sass-stalls.txt
 # (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. A step that fails is reported and the
@@ -67,6 +67,12 @@ if want bench; then
     --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name-bench.txt" | grep "^S=") \
     || failed+=("bench")
   kill "$clock_log" 2>/dev/null
+  # Which of the targets this record meets, read from its sustained graph figures.
+  if [ -s "$out/$name.json" ]; then
+    (cd "$repo" && python3 -m bench.kernel_targets "$out/$name.json" >"$out/$name-targets.txt" 2>&1) \
+      || failed+=("targets")
+    grep -v "^  " "$out/$name-targets.txt" || true
+  fi
 fi
 
 if want ncu && ! command -v ncu >/dev/null; then

@@ -34,15 +34,19 @@ elif args[:2] == ["-m", "bench.kernel"]:
     if "bench" in failing:
         sys.exit("Traceback: stub bench failure")
     out = pathlib.Path(args[args.index("--out") + 1])
-    out.write_text(json.dumps({{"environment": {{}}, "rows": [{{"mask": "causal"}}]}}))
+    row = {{"seq_len": 16384, "head_dim": 128, "mask": "causal", "density": 0.5,
+           "ours_ms": 1.0, "ours_tflops": 590.0, "ours_graph_ms": 1.0,
+           "time_over_density_x_cudnn": 0.95, "graph_time_over_density_x_cudnn": 0.95,
+           "speedup_vs_flex": 1.6, "graph_speedup_vs_flex": 1.6}}
+    out.write_text(json.dumps({{"environment": {{}}, "rows": [row]}}))
     print("S=  4096 D=128 causal stub")
 elif args[:2] == ["-m", "bench.kernel_case"]:
     print("random-0.25 S=16384 D=128: 1.000 ms per launch")
-elif args[:2] == ["-m", "bench.ncu_stalls"]:
+elif args[:2] in (["-m", "bench.ncu_stalls"], ["-m", "bench.kernel_targets"]):
     import runpy
     sys.path.insert(0, {str(REPO)!r})  # the real module, also for a copied tree
     sys.argv = args[1:]
-    runpy.run_module("bench.ncu_stalls", run_name="__main__")
+    runpy.run_module(args[1], run_name="__main__")
 else:
     sys.exit(f"unexpected python3 {{args}}")
 """
@@ -107,6 +111,9 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
     assert "--clock-control none" in calls  # ncu leaves the clocks alone
     out = Path(stubs["OUT"])
     assert (out / "kernel-test.json").exists()
+    targets = (out / "kernel-test-targets.txt").read_text()
+    assert "causal within 10% of cuDNN causal: 1 of 1 rows hold" in targets
+    assert "  not held: D128 S16384 causal: 590.00" in targets  # 600 TFLOPS missed
     for part in ("gpu-tests.txt", "bench.txt", "clocks.csv", "ncu.txt", "sanitizer-racecheck.txt"):
         assert (out / f"kernel-test-{part}").stat().st_size > 0, part
     ncu = (out / "kernel-test-ncu.txt").read_text()
