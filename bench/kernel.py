@@ -7,8 +7,8 @@ blocks computed (4 * 128 * 128 * D flops per visited block pair); ratios compare
 kernel, cuDNN and FlexAttention are also timed from CUDA-graph replays under a sustained load,
 row by row (`*_graph_ms`): device time without the host's per-call launch cost, which dominates
 the shortest cases when called eagerly, each side at its own clock under the card's power cap.
-The issue's targets are read from those;
-`speedup_vs_flex` compares the eager times, `graph_speedup_vs_flex` the replays.
+The issue's targets are read from those. `speedup_vs_flex` compares the eager times,
+`graph_speedup_vs_flex` the replays.
 """
 
 from __future__ import annotations
@@ -40,19 +40,31 @@ DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
 MASK_NAMES = (*(f"random-{d}" for d in DENSITIES), "window-1024", "global-window", "causal")
 
 
+def event_ms(work: Callable[[], object]) -> float:
+    """Device time of what `work` enqueues, between two CUDA events, waited for."""
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    start.record()
+    work()
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))
+
+
 def single_call_ms(fn: Callable[[], object], samples: int) -> list[float]:
     """Each call timed alone between two events and synchronised after: the eager way, whose
     figure includes whatever the host spends before the launch."""
-    times = []
-    for _ in range(samples):
-        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(float(start.elapsed_time(end)))
-    return times
+    return [event_ms(fn) for _ in range(samples)]
+
+
+def queued_ms(fn: Callable[[], object], calls: int) -> float:
+    """Mean time of `calls` calls queued back to back between one pair of events."""
+
+    def queue() -> None:
+        for _ in range(calls):
+            fn()
+
+    return event_ms(queue) / calls
 
 
 def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> float:
@@ -98,23 +110,13 @@ def _capture(fn: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph | Non
     return graph
 
 
-def _replay_ms(graph: torch.cuda.CUDAGraph) -> float:
-    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-    start.record()
-    graph.replay()
-    end.record()
-    end.synchronize()
-    return float(start.elapsed_time(end))
-
-
 def time_graph_ms(fn: Callable[[], object], *, calls: int = 10, repeats: int = 5) -> float | None:
     """Median device time of one call of `fn`, replayed from a CUDA graph of `calls` calls, so
     the host's launch cost is left out; None if `fn` cannot be captured."""
     graph = _capture(fn, calls)
     if graph is None:
         return None
-    times = sorted(_replay_ms(graph) / calls for _ in range(repeats))
+    times = sorted(event_ms(graph.replay) / calls for _ in range(repeats))
     return times[len(times) // 2]
 
 
@@ -143,7 +145,7 @@ def time_sustained_graphs_ms(
         single = _capture(fn, 1)
         if single is None:
             continue
-        calls = max(1, min(64, math.ceil(replay_ms / max(_replay_ms(single), 1e-3))))
+        calls = max(1, min(64, math.ceil(replay_ms / max(event_ms(single.replay), 1e-3))))
         graph = single if calls == 1 else _capture(fn, calls)
         if graph is not None:
             graphs[name] = (graph, calls)
@@ -154,8 +156,8 @@ def time_sustained_graphs_ms(
             graph, calls = graphs[name]
             soaked = 0.0
             while soaked < soak_ms:
-                soaked += _replay_ms(graph)
-            times[name] += [_replay_ms(graph) / calls for _ in range(samples)]
+                soaked += event_ms(graph.replay)
+            times[name] += [event_ms(graph.replay) / calls for _ in range(samples)]
     return {name: statistics.median(times[name]) if name in times else None for name in sides}
 
 

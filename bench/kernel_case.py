@@ -11,11 +11,10 @@ overhead included when one is attached).
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
-import torch
-
-from bench.kernel import inputs_for, load_kernel, masks_for
+from bench.kernel import inputs_for, load_kernel, masks_for, queued_ms
 from sas_runtime.kernels import ops
 
 
@@ -33,14 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
     mask = masks_for(args.heads, args.seq_len, [args.mask])[args.mask]
-    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-    start.record()
-    for _ in range(args.launches):
-        ops.block_sparse_attention(q, k, v, block_mask=mask)
-    end.record()
-    end.synchronize()
-    per_launch = float(start.elapsed_time(end)) / args.launches
+    per_launch = queued_ms(
+        partial(ops.block_sparse_attention, q, k, v, block_mask=mask), args.launches
+    )
     print(f"{args.mask} S={args.seq_len} D={args.head_dim}: {per_launch:.3f} ms per launch")
     return 0
 

@@ -6,13 +6,13 @@
 # has already run the kernel's own GPU tests on any variant it measured. STEPS (some of
 # sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under
 # OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-targets.txt (`bench.kernel_targets`
-# of it), NAME-clocks.csv (the card's clock and power during the bench), NAME-build.log, NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt,
-# NAME-ncu.txt, NAME-ncu-stalls.txt (the main case's stall reasons and tensor-pipe metrics),
-# NAME-ncu-sass.csv (the stall samples of each SASS instruction), NAME-ncu-sass-stalls.txt
-# (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. A step that fails is reported and the
-# rest still run; the exit status says whether all passed. PATCHES (comma-separated patch
-# files) are applied to the tree first, so a variant an A/B just measured can be recorded
-# before it is committed.
+# of it), NAME-clocks.csv (the card's clock and power during the bench), NAME-build.log,
+# NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt, NAME-ncu.txt, NAME-ncu-stalls.txt (the main
+# case's stall reasons and tensor-pipe metrics), NAME-ncu-sass.csv (the stall samples of each
+# SASS instruction), NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and
+# NAME.ncu-rep. A step that fails is reported and the rest still run; the exit status says
+# whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
+# variant an A/B just measured can be recorded before it is committed.
 #
 #   [PATCHES=P1,P2] [STEPS=S1,S2] bash bench/kernel_record.sh NAME [bench.kernel args...]
 #

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -56,22 +57,17 @@ def variant_namespace(library: Path) -> str:
     return match["namespace"]
 
 
-def geometric_mean(values: list[float]) -> float | None:
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
-
-
 def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, float | None]:
     """Each variant's geometric mean of time over base, over the rows where both were timed."""
-    return {
-        name: geometric_mean(
-            [
-                row["variants"][name]["over_base"]
-                for row in rows
-                if row["variants"][name]["over_base"] is not None
-            ]
-        )
-        for name in variants
-    }
+    summary: dict[str, float | None] = {}
+    for name in variants:
+        ratios = [
+            row["variants"][name]["over_base"]
+            for row in rows
+            if row["variants"][name]["over_base"] is not None
+        ]
+        summary[name] = statistics.geometric_mean(ratios) if ratios else None
+    return summary
 
 
 def _difference(a: torch.Tensor, b: torch.Tensor) -> float:

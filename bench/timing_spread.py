@@ -25,15 +25,16 @@ from functools import partial
 from typing import Any
 
 import torch
-from torch.nn import functional
-from torch.nn.attention import SDPBackend, flex_attention, sdpa_kernel
+from torch.nn.attention import flex_attention
 
 from bench.kernel import (
     add_kernel_arguments,
+    cudnn_attention,
     environment,
     inputs_for,
     load_kernel,
     masks_for,
+    queued_ms,
     single_call_ms,
     time_graph_ms,
 )
@@ -43,34 +44,16 @@ SIDES = ("ours", "flex", "cudnn")
 WAYS = ("single", "queued", "graph")
 
 
-def queued_ms(fn: Callable[[], object], calls: int) -> float:
-    """Mean time of `calls` calls queued back to back between one pair of events."""
-    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-    start.record()
-    for _ in range(calls):
-        fn()
-    end.record()
-    end.synchronize()
-    return float(start.elapsed_time(end)) / calls
-
-
 def sides_for(
     seq_len: int, head_dim: int, heads: int, mask_name: str
 ) -> dict[str, Callable[[], object]]:
     q, k, v = inputs_for(seq_len, head_dim, heads)
     mask = masks_for(heads, seq_len, [mask_name])[mask_name]
     flex = torch.compile(flex_attention.flex_attention, dynamic=False)
-    flex_mask = mask.to_flex_attention()
-
-    def cudnn() -> object:
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return functional.scaled_dot_product_attention(q, k, v, is_causal=mask_name == "causal")
-
     return {
         "ours": partial(ops.block_sparse_attention, q, k, v, block_mask=mask),
-        "flex": partial(flex, q, k, v, block_mask=flex_mask),
-        "cudnn": cudnn,
+        "flex": partial(flex, q, k, v, block_mask=mask.to_flex_attention()),
+        "cudnn": partial(cudnn_attention, q, k, v, causal=mask_name == "causal"),
     }
 
 

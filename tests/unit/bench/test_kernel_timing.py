@@ -12,8 +12,16 @@ from bench import kernel
 
 @dataclass
 class _Graph:
+    """A stand-in graph whose replay logs its side and returns the time it would take."""
+
     side: str
     calls: int
+    per_call_ms: float
+    replays: list[str]
+
+    def replay(self) -> float:
+        self.replays.append(self.side)
+        return self.calls * self.per_call_ms
 
 
 def _stand_in(monkeypatch: pytest.MonkeyPatch, per_call_ms: dict[str, float | None]) -> list[str]:
@@ -22,16 +30,16 @@ def _stand_in(monkeypatch: pytest.MonkeyPatch, per_call_ms: dict[str, float | No
     def capture(fn: Callable[[], object], calls: int) -> _Graph | None:
         side = fn()  # each stand-in side returns its own name
         assert isinstance(side, str)
-        return None if per_call_ms[side] is None else _Graph(side, calls)
+        per_call = per_call_ms[side]
+        return None if per_call is None else _Graph(side, calls, per_call, replays)
 
-    def replay_ms(graph: _Graph) -> float:
-        replays.append(graph.side)
-        per_call = per_call_ms[graph.side]
-        assert per_call is not None
-        return graph.calls * per_call
+    def event_ms(work: Callable[[], object]) -> float:
+        elapsed = work()  # a stand-in replay returns its own time
+        assert isinstance(elapsed, float)
+        return elapsed
 
     monkeypatch.setattr(kernel, "_capture", capture)
-    monkeypatch.setattr(kernel, "_replay_ms", replay_ms)
+    monkeypatch.setattr(kernel, "event_ms", event_ms)
     return replays
 
 
