@@ -127,6 +127,7 @@ def time_sustained_graphs_ms(
     soak_ms: float = 250.0,
     samples: int = 8,
     passes: int = 2,
+    rotate: bool = False,
 ) -> dict[str, float | None]:
     """Median device time of one call of each side under a sustained load, from CUDA-graph
     replays.
@@ -138,8 +139,11 @@ def time_sustained_graphs_ms(
     `soak_ms`, then timed over `samples` replays, one side after another, and the sides go
     again in reverse order for each further pass; each side's median over all its samples is
     taken. Alternating the sides every replay instead (run 10) handed each side the clock the
-    one before it left: FlexAttention read 13-18% slower than its eager figure. None for a side
-    that cannot be captured."""
+    one before it left: FlexAttention read 13-18% slower than its eager figure. `rotate`:
+    each pass starts one side later than the one before instead (pass i's order is the sides
+    rotated by i), so that over as many passes as sides every side takes every place in the
+    order once (run 11: with base always first or last, an identical build of it read 3-4%
+    faster at S32K). None for a side that cannot be captured."""
     graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]] = {}
     for name, fn in sides.items():
         single = _capture(fn, 1)
@@ -152,7 +156,12 @@ def time_sustained_graphs_ms(
     times: dict[str, list[float]] = {name: [] for name in graphs}
     names = list(graphs)
     for pass_index in range(passes):
-        for name in names if pass_index % 2 == 0 else names[::-1]:
+        if rotate:
+            shift = pass_index % len(names)
+            order = names[shift:] + names[:shift]
+        else:
+            order = names if pass_index % 2 == 0 else names[::-1]
+        for name in order:
             graph, calls = graphs[name]
             soaked = 0.0
             while soaked < soak_ms:

@@ -5,9 +5,9 @@
 # bench/kernel.py for base and the variants alternated, twice per head dim, writing JSON and a
 # log under OUT, and last the variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
 #
-#   [SANITIZE=1|NAME,...] [SIDE_BY_SIDE=1] bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] \
-#     [SEQ_LENS] [HEAD_DIMS]
-#   (NAME: a patch's file name without .patch, or base; SIDE_BY_SIDE: below)
+#   [SANITIZE=1|NAME,...] [KERNEL_TESTS=0] [SIDE_BY_SIDE=1 [PASSES=N]] bash bench/kernel_ab.sh \
+#     PATCH[,PATCH...] [MASKS] [SEQ_LENS] [HEAD_DIMS]
+#   (NAME: a patch's file name without .patch, or base; KERNEL_TESTS, SIDE_BY_SIDE: below)
 #
 # Needs .whl/ and .carry/ in the repository root (bench/device_env.sh installs them; `python -m
 # bench.device_carry` prepares both to carry), unless SAS_CUTLASS_INCLUDE is set already.
@@ -102,7 +102,12 @@ if selected base; then sanitize base || true; fi
 # A variant that hangs on the GPU would otherwise spend the whole call: its tests get 150 s
 # (36 passed in ~35 s in run 5), and the names of those that ran are kept.
 kept=(base)
+# KERNEL_TESTS=0 skips them (for patches whose tests passed in an earlier call).
 for side in "${built[@]:1}"; do
+  if [ "${KERNEL_TESTS:-1}" = 0 ]; then
+    kept+=("$side")
+    continue
+  fi
   say "kernel GPU tests on $side"
   (in_tree "$side" env PYTHONUNBUFFERED=1 timeout -s KILL 150 \
     python3 -m pytest -v -x -p no:cacheprovider tests/gpu/test_block_sparse_attention.py \
@@ -121,15 +126,16 @@ for side in "${built[@]:1}"; do
 done
 [ ${#kept[@]} -gt 1 ] || { say "no variant left to benchmark"; exit 1; }
 
-# SIDE_BY_SIDE=1: each kept variant is built again under its own op namespace (sas_v1, sas_v2,
-# ... in patch order; OUT/variants.txt maps them to patches) and `python -m bench.kernel_variants`
-# times base and every variant in one process, row by row, twice; its own output replaces
-# the alternated benches and kernel_ab_summary. For patches that leave the op's arguments alone.
+# SIDE_BY_SIDE=1: base and each kept variant are built again under their own op namespace
+# (base as sas_v0, a control: what two builds of one source read apart is the method's noise;
+# the variants sas_v1, sas_v2, ... in patch order; OUT/variants.txt maps them) and `python -m
+# bench.kernel_variants` times them all in one process, row by row, every side in every
+# position of the order once, PASSES times (default 1); its own output replaces the alternated
+# benches and kernel_ab_summary. For patches that leave the op's arguments alone.
 if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
   variant_args=()
   number=0
-  for side in "${kept[@]:1}"; do
-    number=$((number + 1))
+  for side in "${kept[@]}"; do
     say "build $side as sas_v$number"
     if PYTHONPATH="$work/site-$side:${PYTHONPATH:-}" MAX_JOBS=16 python3 -m sas_runtime.kernels.build \
       --out "$work/variant-$side" --op-namespace "sas_v$number" >"$out/$side-variant-build.log" 2>&1; then
@@ -139,11 +145,12 @@ if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
       tail -30 "$out/$side-variant-build.log"
       say "$side: variant build failed"
     fi
+    number=$((number + 1))
   done
   [ ${#variant_args[@]} -gt 0 ] || { say "no variant left to benchmark"; exit 1; }
-  for pass in 1 2; do
+  for pass in $(seq "${PASSES:-1}"); do
     say "side by side, pass $pass"
-    (cd "$repo" && PYTHONPATH="$work/site-base:$repo:${PYTHONPATH:-}" timeout -s KILL 400 \
+    (cd "$repo" && PYTHONPATH="$work/site-base:$repo:${PYTHONPATH:-}" timeout -s KILL 500 \
       python3 -m bench.kernel_variants --library "$(library base)" "${variant_args[@]}" \
       --seq-lens "$seq_lens" --head-dims "$(IFS=,; echo "${head_dims[*]}")" --masks "$masks" \
       --out "$out/side-by-side-pass$pass.json" >"$out/side-by-side-pass$pass.txt" 2>&1) \

@@ -2,7 +2,8 @@
 patched tree with `python -m sas_runtime.kernels.build --op-namespace sas_NAME` (its own op
 and C++ namespace, so it loads beside the base library and shares no symbol with it), checked
 against base's output on every row, and timed on bench.kernel's rows from CUDA graphs under a
-sustained load beside base and cuDNN dense (bench.kernel.time_sustained_graphs_ms). Prints
+sustained load beside base and cuDNN dense (bench.kernel.time_sustained_graphs_ms), every side
+in every place of the order once. Prints
 each variant's time over base per row and their geometric mean over the rows.
 
     python -m bench.kernel_variants --library BASE/sas_kernels.so \\
@@ -96,7 +97,8 @@ def bench_row(
         differences[name] = (_difference(out, their_out), _difference(lse, their_lse))
         if differences[name][0] <= MAX_OUTPUT_DIFFERENCE:
             timed[name] = call
-    times = time_sustained_graphs_ms({**timed, "cudnn_dense": cudnn_dense})
+    sides = {**timed, "cudnn_dense": cudnn_dense}
+    times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
     return {name: times.get(name) for name in (*calls, "cudnn_dense")}, differences
 
 

@@ -172,19 +172,39 @@ def test_side_by_side_builds_each_kept_variant_under_its_own_namespace_and_times
     result = _ab({**stubs, "SIDE_BY_SIDE": "1"}, f"{good},{bad}", "causal", "4096", "128,64")
     assert result.returncode == 0, result.stdout + result.stderr
     out = Path(stubs["OUT"])
-    assert (out / "variants.txt").read_text() == "sas_v1 kernel-good\n"
+    # base is built again as a control beside the variant that passed its tests
+    assert (out / "variants.txt").read_text() == "sas_v0 base\nsas_v1 kernel-good\n"
     calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
     namespaced = [line for line in calls if "--op-namespace" in line]
-    assert len(namespaced) == 1
-    assert Path(namespaced[0].split(" | ")[1]).name == "site-kernel-good"
+    assert [Path(line.split(" | ")[1]).name for line in namespaced] == [
+        "site-base",
+        "site-kernel-good",
+    ]
     side_by_side = [line for line in calls if line.startswith("-m bench.kernel_variants ")]
-    assert len(side_by_side) == 2  # two passes, each one process for every side
+    assert len(side_by_side) == 1  # one pass by default, one process for every side
     for line in side_by_side:
+        assert "sas_kernels_sas_v0.so" in line
         assert "sas_kernels_sas_v1.so" in line
         assert "--head-dims 128,64" in line
         assert Path(line.split(" | ")[1]).name == "site-base"
     assert not any(line.startswith("-m bench.kernel ") for line in calls)
     assert "geometric mean over base: sas_v1 0.990" in result.stdout
+    assert sorted(p.name for p in out.glob("side-by-side-pass*.json")) == [
+        "side-by-side-pass1.json"
+    ]
+
+
+def test_kernel_tests_can_be_skipped_and_side_by_side_passes_repeated(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    failing = _patch(tmp_path, "kernel-failing", "FAIL_TESTS")
+    env = {**stubs, "SIDE_BY_SIDE": "1", "KERNEL_TESTS": "0", "PASSES": "2"}
+    result = _ab(env, str(failing), "causal", "4096", "128")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
+    assert not any(line.startswith("-m pytest ") for line in calls)
+    out = Path(stubs["OUT"])
+    assert (out / "variants.txt").read_text() == "sas_v0 base\nsas_v1 kernel-failing\n"
     assert sorted(p.name for p in out.glob("side-by-side-pass*.json")) == [
         "side-by-side-pass1.json",
         "side-by-side-pass2.json",

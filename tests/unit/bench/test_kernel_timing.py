@@ -67,6 +67,25 @@ def test_each_side_is_soaked_alone_then_timed_and_later_passes_go_in_reverse(
     ]
 
 
+def test_rotated_passes_put_every_side_in_every_place_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replays = _stand_in(monkeypatch, {"base": 1.0, "v1": 2.0, "cudnn": 4.0})
+    times = kernel.time_sustained_graphs_ms(
+        {name: (lambda name=name: name) for name in ("base", "v1", "cudnn")},
+        replay_ms=4,
+        soak_ms=4,
+        samples=1,
+        passes=3,
+        rotate=True,
+    )
+    assert times == {"base": 1.0, "v1": 2.0, "cudnn": 4.0}
+    # After the sizing replays, each side's soak and sample run back to back, one side after
+    # another: the order of those runs is the order of the sides in each pass.
+    order = [side for i, side in enumerate(replays[3:]) if i == 0 or replays[3 + i - 1] != side]
+    assert order == ["base", "v1", "cudnn", "v1", "cudnn", "base", "cudnn", "base", "v1"]
+
+
 def test_a_side_that_cannot_be_captured_is_none_and_the_others_are_still_timed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -29,7 +29,11 @@ def test_a_variant_whose_output_differs_is_checked_but_not_timed(
     lse = torch.tensor([[[0.5, -math.inf]]])
     timed: list[str] = []
 
-    def sustained(sides: dict[str, Callable[[], object]]) -> dict[str, float | None]:
+    def sustained(
+        sides: dict[str, Callable[[], object]], *, passes: int, rotate: bool
+    ) -> dict[str, float | None]:
+        # every side takes every place in the order once
+        assert (passes, rotate) == (len(sides), True)
         timed.extend(sides)
         return dict.fromkeys(sides, 1.0)
 
