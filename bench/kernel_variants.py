@@ -3,8 +3,8 @@ patched tree with `python -m sas_runtime.kernels.build --op-namespace sas_NAME` 
 and C++ namespace, so it loads beside the base library and shares no symbol with it), checked
 against base's output on every row, and timed on bench.kernel's rows from CUDA graphs under a
 sustained load beside base and cuDNN dense (bench.kernel.time_sustained_graphs_ms), every side
-in every place of the order once. Prints
-each variant's time over base per row and their geometric mean over the rows.
+in every place of the order once. Prints each variant's time over base per row and their
+geometric mean over the rows.
 
     python -m bench.kernel_variants --library BASE/sas_kernels.so \\
         --variant TREE/build/sas_kernels_sas_v22.so [--variant ...] \\
