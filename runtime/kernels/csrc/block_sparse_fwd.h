@@ -136,16 +136,14 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
   CUTE_NO_UNROLL
   for (PostedTile posted = take_posted_tile(smem, tile_ring, thread);
        posted.index < scheduler.num_tiles(); posted = take_posted_tile(smem, tile_ring, thread)) {
-    const Tile tile = scheduler.tile(posted.index);
-    const BlockList blocks =
-        block_list_with_counts(p, tile, posted.full_count, posted.total - posted.full_count);
+    const Tile tile = posted.tile;
+    const BlockList blocks{posted.full, posted.partial, posted.full_count, posted.total};
     const ElementRules rules{
         p.causal, p.window, p.global_tokens,
         p.document_ids == nullptr ? nullptr
                                   : p.document_ids + int64_t(tile.batch) * p.document_batch_stride};
     const int q_offset = tile.m_block * kBlockM;
-    const int kv_len =
-        p.kv_lengths == nullptr ? p.kv_len : min(p.kv_len, p.kv_lengths[tile.batch]);
+    const int kv_len = posted.kv_len;
     OnlineSoftmax<kRows> softmax(p.scale_log2);
 
     if (blocks.total == 0) {
@@ -199,8 +197,46 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     // each block j, S_j's GEMM and P_{j-1} V_{j-1} are in flight together (FlashAttention 3's
     // intra-warpgroup overlap; without kCarry ptxas waits for both before the softmax); the
     // output is rescaled once the product has landed.
+    // The plain kernel starts a tile of two or more blocks with S_0 and S_1 together: the
+    // tensor cores run S_1 under S_0's softmax (O is not live yet: P_0 V_0 starts it from
+    // zero), then block 1 goes as in the loop.
     float correction[kRows];
-    {
+    int first_loop_block = 1;
+    if (!kCarry && blocks.total >= 2) {
+      Tensor tSrS0 = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      Tensor tSrS1 = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      const int stage0 = kv_ring.stage();
+      const int phase0 = kv_ring.phase();
+      score_block(tSrS0);
+      ++kv_ring.count;
+      score_block(tSrS1);
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(tSrS0);
+      release(&smem.empty_k[stage0], is_signaller);
+      auto tSrS0_rc = mask_block(0, tSrS0);
+      softmax.update(tSrS0_rc, correction);
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS0); ++i) {
+        tOrP(i) = Element(tSrS0(i));
+      }
+      TransactionBarrier::wait(&smem.full_v[stage0], phase0);
+      warpgroup_gemm_issue<true, true>(mma_pv, tOrP_a, tOrV(_, _, _, stage0), tOrO);
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(tSrS1);
+      release(&smem.empty_k[kv_ring.stage()], is_signaller);
+      auto tSrS1_rc = mask_block(1, tSrS1);
+      softmax.update(tSrS1_rc, correction);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      warpgroup_fence_operand(tOrP_a);
+      release(&smem.empty_v[stage0], is_signaller);
+      OnlineSoftmax<kRows>::rescale(tOrO_rc, correction);
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS1); ++i) {
+        tOrP(i) = Element(tSrS1(i));
+      }
+      first_loop_block = 2;
+    } else {
       Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
       auto score_softmax = [&] {
         warpgroup_fence_operand(tSrS);
@@ -229,7 +265,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       }
     }
     CUTE_NO_UNROLL
-    for (int j = 1; j < blocks.total; ++j) {
+    for (int j = first_loop_block; j < blocks.total; ++j) {
       const int previous_stage = kv_ring.stage();
       const int previous_phase = kv_ring.phase();
       ++kv_ring.count;

@@ -140,7 +140,11 @@ struct Producer {
                             : min(max(p.tile_order[t], 0), scheduler.num_tiles() - 1);
       const Tile tile = scheduler.tile(index);
       const BlockList blocks = make_block_list(p, tile);
-      post_tile(smem, tile_ring, PostedTile{index, blocks.full_count, blocks.total});
+      const int kv_len =
+          p.kv_lengths == nullptr ? p.kv_len : min(p.kv_len, p.kv_lengths[tile.batch]);
+      post_tile(smem, tile_ring,
+                PostedTile{index, tile, kv_len, blocks.full_count, blocks.total, blocks.full,
+                           blocks.partial});
       if (blocks.total == 0) {
         continue;
       }
@@ -184,7 +188,8 @@ struct Producer {
         copy(args.tma_v.with(smem.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
       }
     }
-    post_tile(smem, tile_ring, PostedTile{t, 0, 0});  // past the last tile: the consumers stop
+    // Past the last tile: the consumers stop.
+    post_tile(smem, tile_ring, PostedTile{t, Tile{0, 0, 0}, 0, 0, 0, nullptr, nullptr});
   }
 };
 

@@ -7,6 +7,8 @@
 // descending order, the longest causal rows first.
 #pragma once
 
+#include <cstdint>
+
 #include <cute/config.hpp>
 
 namespace sas {
@@ -18,11 +20,16 @@ struct Tile {
 };
 
 // A tile as the producer hands it to the consumers through shared memory: its index in the
-// schedule (>= num_tiles: no more work) and its block counts.
+// schedule (>= num_tiles: no more work), the tile itself, its valid keys, its block counts
+// and its two block lists, so the consumers need none of the index arithmetic again.
 struct PostedTile {
   int index;
+  Tile tile;
+  int kv_len;
   int full_count;
   int total;
+  const int32_t* full;
+  const int32_t* partial;
 };
 
 struct TileScheduler {
