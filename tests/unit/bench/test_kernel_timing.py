@@ -72,7 +72,7 @@ def test_rotated_passes_put_every_side_in_every_place_once(
 ) -> None:
     replays = _stand_in(monkeypatch, {"base": 1.0, "v1": 2.0, "cudnn": 4.0})
     times = kernel.time_sustained_graphs_ms(
-        {name: (lambda name=name: name) for name in ("base", "v1", "cudnn")},
+        {"base": lambda: "base", "v1": lambda: "v1", "cudnn": lambda: "cudnn"},
         replay_ms=4,
         soak_ms=4,
         samples=1,
