@@ -14,7 +14,8 @@
 # whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
 # variant an A/B just measured can be recorded before it is committed.
 #
-#   [PATCHES=P1,P2] [STEPS=S1,S2] bash bench/kernel_record.sh NAME [bench.kernel args...]
+#   [PATCHES=P1,P2] [STEPS=S1,S2] [NCU_CASE="MASK SEQ_LEN HEAD_DIM"] \
+#     bash bench/kernel_record.sh NAME [bench.kernel args...]
 #
 # Needs .whl/ and .carry/ in the repository root (`python -m bench.device_carry` prepares both;
 # name both in the device call's carry).
@@ -78,12 +79,14 @@ fi
 if want ncu && ! command -v ncu >/dev/null; then
   say "no ncu on this machine"
 elif want ncu; then
-  say "ncu on the main case"
+  # NCU_CASE="MASK SEQ_LEN HEAD_DIM" profiles another problem than the main case.
+  read -r ncu_mask ncu_seq_len ncu_head_dim <<<"${NCU_CASE:-random-0.25 16384 128}"
+  say "ncu on $ncu_mask S$ncu_seq_len D$ncu_head_dim"
   # One profile, printed twice: the sections, and the raw stall-reason metrics (the sections
   # print only the cycles per issued instruction, not what the warps waited on).
   (cd "$repo" && timeout -s KILL 120 ncu --clock-control none --set full -o "$work/main-case" \
-    -k regex:block_sparse_fwd -s 2 -c 1 python3 -m bench.kernel_case --mask random-0.25 \
-    --seq-len 16384 --head-dim 128 >"$out/$name-ncu.txt" 2>&1 \
+    -k regex:block_sparse_fwd -s 2 -c 1 python3 -m bench.kernel_case --mask "$ncu_mask" \
+    --seq-len "$ncu_seq_len" --head-dim "$ncu_head_dim" >"$out/$name-ncu.txt" 2>&1 \
     && ncu -i "$work/main-case.ncu-rep" --page details >>"$out/$name-ncu.txt" 2>&1 \
     && ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|^ *sm__pipe_tensor" \
     >"$out/$name-ncu-stalls.txt") || failed+=("ncu")

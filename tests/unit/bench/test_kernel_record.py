@@ -109,6 +109,7 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
     assert bench.endswith("--seq-lens 4096")  # the bench's own arguments are passed on
     assert "--library" in bench
     assert "--clock-control none" in calls  # ncu leaves the clocks alone
+    assert "--mask random-0.25 --seq-len 16384 --head-dim 128" in calls  # the main case
     out = Path(stubs["OUT"])
     assert (out / "kernel-test.json").exists()
     targets = (out / "kernel-test-targets.txt").read_text()
@@ -124,6 +125,14 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
     sass = (out / "kernel-test-ncu-sass-stalls.txt").read_text()
     assert "/*0000*/ WARPGROUP.DEPBAR.LE gsb0, 0x0" in sass  # and the instructions holding them
     assert result.stdout.rstrip().endswith("done")
+
+
+def test_ncu_can_profile_another_case(stubs: dict[str, str]) -> None:
+    result = _record({**stubs, "STEPS": "ncu", "NCU_CASE": "random-0.1 4096 64"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text()
+    assert "--mask random-0.1 --seq-len 4096 --head-dim 64" in calls
+    assert "-m bench.kernel " not in calls  # only the steps asked for
 
 
 def test_a_failing_step_is_reported_and_the_rest_still_run(stubs: dict[str, str]) -> None:
