@@ -61,6 +61,14 @@ def length_classes_first(blocks: torch.Tensor, global_m_blocks: int) -> list[Til
     return sorted(order, key=lambda tile: -int(blocks[tile]).bit_length())
 
 
+def length_classes_per_4_heads(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
+    """`length_classes_first` within each group of 4 heads, one group after another
+    (`ops.long_tiles_first_order` with `heads_per_group=4`): fewer heads in flight where a
+    class spans every head (S4K random masks)."""
+    order = descending(blocks, global_m_blocks)
+    return sorted(order, key=lambda tile: (tile[0] // 4, -int(blocks[tile]).bit_length()))
+
+
 def heads_in_flight(tiles: Sequence[Tile], workers: int) -> float:
     """Mean distinct heads per `workers` consecutive tiles: a proxy for the K/V that must share
     L2 at once (the model prices none of it)."""
@@ -72,6 +80,7 @@ ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
     "descending": descending,
     "global-rows-first": global_rows_first,
     "length-classes-first": length_classes_first,
+    "length-classes-per-4-heads": length_classes_per_4_heads,
     "longest-first": longest_first,
 }
 

@@ -120,19 +120,31 @@ def _block_sparse_attention_fwd_fake(
 
 
 def long_tiles_first_order(
-    block_mask: BlockMask, *, batch: int, heads: int, q_blocks: int
+    block_mask: BlockMask,
+    *,
+    batch: int,
+    heads: int,
+    q_blocks: int,
+    heads_per_group: int | None = None,
 ) -> torch.Tensor:
     """The kernel's tiles as int32 tile numbers for the op's `tile_order`, in classes of the
     key blocks each visits (1, 2-3, 4-7, ...), the longest class first; within a class the
     kernel's own order (one head at a time, query blocks from the last down). Long tiles first
     keeps one from starting late and running alone at the end; classes rather than a full
-    sort keep few heads' K/V in flight, so they stay in L2 (bench/schedule_model.py)."""
+    sort keep few heads' K/V in flight, so they stay in L2 (bench/schedule_model.py).
+    `heads_per_group`: classes within each group of that many (batch, head) pairs, one group
+    after another, for fewer heads in flight where a class spans them all (S4K random masks:
+    15 heads per wave against the kernel's own 5; an experiment, `bench.kernel_orders`)."""
     counts = (
         block_mask.kv_num_blocks[..., :q_blocks] + block_mask.full_kv_num_blocks[..., :q_blocks]
     )
     counts = counts.expand(batch, heads, q_blocks).flip(-1).reshape(-1)
     _, exponent = torch.frexp(counts.float())  # floor(log2(count)) + 1, and 0 for no blocks
-    return torch.argsort(exponent, descending=True, stable=True).to(torch.int32)
+    if heads_per_group is None:
+        return torch.argsort(exponent, descending=True, stable=True).to(torch.int32)
+    group = torch.arange(counts.numel(), device=counts.device) // (heads_per_group * q_blocks)
+    # exponent <= 32 for int32 counts: groups ascending, classes descending within each
+    return torch.argsort(group * 64 - exponent, stable=True).to(torch.int32)
 
 
 _tile_orders: weakref.WeakKeyDictionary[BlockMask, dict[tuple[int, int, int], torch.Tensor]] = (

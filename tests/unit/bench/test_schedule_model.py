@@ -18,10 +18,12 @@ from bench.schedule_model import (
     heads_in_flight,
     kernel_order,
     length_classes_first,
+    length_classes_per_4_heads,
     makespan,
     span_in_blocks,
     visited_blocks,
 )
+from sas_runtime.kernels.ops import long_tiles_first_order
 
 
 def test_makespan_of_list_scheduling() -> None:
@@ -83,6 +85,16 @@ def test_kernel_order_is_length_classes_only_where_the_kernel_reorders() -> None
     assert kernel_order(mask, heads=4, sms=160) == descending(blocks, 0)  # one wave
     short = masks_for(16, 1920, ["causal"], device="cpu")["causal"]  # 15 key blocks
     assert kernel_order(short, heads=16, sms=132) == descending(visited_blocks(short, 16), 0)
+
+
+def test_the_models_grouped_classes_are_the_ops_grouped_order() -> None:
+    mask = masks_for(8, 5120, ["random-0.1"], device="cpu")["random-0.1"]
+    blocks = visited_blocks(mask, 8)
+    q_blocks = blocks.shape[1]
+    grouped = long_tiles_first_order(mask, batch=1, heads=8, q_blocks=q_blocks, heads_per_group=4)
+    tiles = [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in grouped.tolist()]
+    assert tiles == length_classes_per_4_heads(blocks, 0)
+    assert tiles != length_classes_first(blocks, 0)
 
 
 def test_fit_costs_recovers_the_costs_that_made_the_times() -> None:

@@ -52,6 +52,18 @@ def test_long_tiles_first_order_takes_length_classes_in_the_kernels_order() -> N
     assert order.tolist() == [0, 8, 1, 2, 3, 4, 9, 10, 11, 12, 5, 6, 13, 14, 7, 15]
 
 
+def test_grouped_long_tiles_first_order_takes_the_classes_one_group_of_heads_at_a_time() -> None:
+    """The same tiles over 4 heads, in groups of 2: heads 0-1's classes, then heads 2-3's."""
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    order = ops.long_tiles_first_order(mask, batch=1, heads=4, q_blocks=8, heads_per_group=2)
+    first_group = [0, 8, 1, 2, 3, 4, 9, 10, 11, 12, 5, 6, 13, 14, 7, 15]
+    assert order.tolist() == first_group + [tile + 16 for tile in first_group]
+    everything = ops.long_tiles_first_order(mask, batch=1, heads=4, q_blocks=8, heads_per_group=4)
+    assert torch.equal(everything, ops.long_tiles_first_order(mask, batch=1, heads=4, q_blocks=8))
+
+
 def test_no_tile_order_while_the_keys_span_under_16_blocks() -> None:
     mask = compile_block_mask(PatternConfig(), batch=64, q_len=1920, kv_len=1920)
     q = torch.zeros(64, 12, 1920, 64, dtype=torch.bfloat16)

@@ -1,0 +1,123 @@
+"""Tile orders side by side, one library: the wrapper's (`ops.long_tiles_first_order`, length
+classes over every head), the kernel's own (no order: one head at a time, query blocks from
+the last down) and length classes within groups of heads (`heads_per_group`), on
+bench.kernel's rows, timed from CUDA graphs under a sustained load beside cuDNN dense, every
+side in every place of the order once (bench.kernel.time_sustained_graphs_ms). Run 11's ncu of
+S4K D128 random-0.1 found L2 hits at 40% and the consumers waiting for Q and K: the wrapper's
+classes put 15 heads' K/V in flight per wave there, the kernel's own order 5.
+
+    python -m bench.kernel_orders --seq-lens 4096,16384 --head-dim 128 --groups 4,8 \\
+        --masks random-0.1,random-0.25,random-0.5 --out bench/results/orders.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import partial
+from typing import Any
+
+import torch
+
+from bench.kernel import (
+    MASK_NAMES,
+    add_kernel_arguments,
+    cudnn_attention,
+    environment,
+    inputs_for,
+    load_kernel,
+    masks_for,
+    time_sustained_graphs_ms,
+)
+from sas_runtime.block_mask import BlockMask
+from sas_runtime.kernels import ops
+
+# Where `tile_order` sits among the op's arguments (its schema in block_sparse_attention.cpp).
+TILE_ORDER_ARGUMENT = 13
+
+
+def orders_for(
+    mask: BlockMask, q: torch.Tensor, groups: list[int]
+) -> dict[str, torch.Tensor | None]:
+    """The orders compared on one row, by name; the wrapper's first."""
+    batch, heads, q_len, _ = q.shape
+    q_blocks = -(-q_len // ops.BLOCK_SIZE)
+    shape = {"batch": batch, "heads": heads, "q_blocks": q_blocks}
+    orders: dict[str, torch.Tensor | None] = {
+        "classes": ops.long_tiles_first_order(mask, **shape),
+        "kernel": None,
+    }
+    for group in groups:
+        orders[f"classes-per-{group}-heads"] = ops.long_tiles_first_order(
+            mask, **shape, heads_per_group=group
+        )
+    return orders
+
+
+def with_tile_order(
+    arguments: tuple[object, ...], order: torch.Tensor | None
+) -> tuple[object, ...]:
+    """The op's arguments with another tile order."""
+    return (*arguments[:TILE_ORDER_ARGUMENT], order, *arguments[TILE_ORDER_ARGUMENT + 1 :])
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="4096,16384")
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--groups", default="4,8", help="heads per group, comma-separated")
+    parser.add_argument("--masks", default=",".join(MASK_NAMES))
+    add_kernel_arguments(parser)
+    args = parser.parse_args(argv)
+    groups = [int(g) for g in args.groups.split(",") if g]
+    if not load_kernel(args.library):
+        return 1
+    rows: list[dict[str, Any]] = []
+    for seq_len in (int(s) for s in args.seq_lens.split(",")):
+        q, k, v = inputs_for(seq_len, args.head_dim, args.heads)
+        for name, mask in masks_for(args.heads, seq_len, args.masks.split(",")).items():
+            arguments = ops.op_arguments(q, k, v, block_mask=mask)
+            sides: dict[str, Any] = {
+                order_name: partial(
+                    torch.ops.sas.block_sparse_attention_fwd, *with_tile_order(arguments, order)
+                )
+                for order_name, order in orders_for(mask, q, groups).items()
+            }
+            sides["cudnn_dense"] = partial(cudnn_attention, q, k, v, causal=False)
+            times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
+            base = times["classes"]
+            rows.append(
+                {
+                    "seq_len": seq_len,
+                    "head_dim": args.head_dim,
+                    "heads": args.heads,
+                    "mask": name,
+                    "graph_ms": times,
+                    "over_classes": {
+                        order_name: None if base is None or time is None else time / base
+                        for order_name, time in times.items()
+                        if order_name != "cudnn_dense"
+                    },
+                }
+            )
+            ratios = " | ".join(
+                f"{order_name} {'-' if ratio is None else f'{ratio:.3f}'}"
+                for order_name, ratio in rows[-1]["over_classes"].items()
+                if order_name != "classes"
+            )
+            print(f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} classes {_ms(base)} | {ratios}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"environment": environment([sys.executable, *sys.argv]), "rows": rows}
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
