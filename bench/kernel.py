@@ -80,6 +80,21 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="result JSON")
 
 
+def write_result(out: Path | None, **fields: object) -> None:
+    """Writes a result JSON, this run's environment first (device, driver, versions, date,
+    command); nothing without --out."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"environment": environment([sys.executable, *sys.argv]), **fields}
+    out.write_text(json.dumps(result, indent=1))
+
+
+def format_ms(value: float | None) -> str:
+    """A time for a printed row: '-' where there is none."""
+    return "-" if value is None else f"{value:8.3f} ms"
+
+
 def load_kernel(library: Path | None) -> bool:
     """Loads the extension (the given one, or the default build); says why not if it cannot
     run here."""

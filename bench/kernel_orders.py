@@ -13,8 +13,6 @@ classes put 15 heads' K/V in flight per wave there, the kernel's own order 5.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from functools import partial
 from typing import Any
 
@@ -24,11 +22,12 @@ from bench.kernel import (
     MASK_NAMES,
     add_kernel_arguments,
     cudnn_attention,
-    environment,
+    format_ms,
     inputs_for,
     load_kernel,
     masks_for,
     time_sustained_graphs_ms,
+    write_result,
 )
 from sas_runtime.block_mask import BlockMask
 from sas_runtime.kernels import ops
@@ -60,10 +59,6 @@ def with_tile_order(
 ) -> tuple[object, ...]:
     """The op's arguments with another tile order."""
     return (*arguments[:TILE_ORDER_ARGUMENT], order, *arguments[TILE_ORDER_ARGUMENT + 1 :])
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,11 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 for order_name, ratio in rows[-1]["over_classes"].items()
                 if order_name != "classes"
             )
-            print(f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} classes {_ms(base)} | {ratios}")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {"environment": environment([sys.executable, *sys.argv]), "rows": rows}
-        args.out.write_text(json.dumps(result, indent=1))
+            print(
+                f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} classes {format_ms(base)} | {ratios}"
+            )
+    write_result(args.out, rows=rows)
     return 0
 
 

@@ -10,8 +10,6 @@ that `ops.MIN_KV_BLOCKS_TO_CARRY` can be chosen from one run.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from functools import partial
 from typing import Any
 
@@ -19,17 +17,14 @@ from bench.kernel import (
     MASK_NAMES,
     add_kernel_arguments,
     cudnn_attention,
-    environment,
+    format_ms,
     inputs_for,
     load_kernel,
     masks_for,
     time_sustained_graphs_ms,
+    write_result,
 )
 from sas_runtime.kernels import ops
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:8.3f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,15 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             print(
-                f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} plain {_ms(plain)} carried "
-                f"{_ms(carried)} cuDNN dense {_ms(times['cudnn_dense'])} | carried/plain "
+                f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} plain {format_ms(plain)} carried "
+                f"{format_ms(carried)} cuDNN dense {format_ms(times['cudnn_dense'])} | carried/plain "
                 f"{'-' if ratio is None else f'{ratio:.3f}'}",
                 flush=True,
             )
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {"environment": environment([sys.executable, *sys.argv]), "rows": rows}
-        args.out.write_text(json.dumps(result, indent=1))
+    write_result(args.out, rows=rows)
     return 0
 
 

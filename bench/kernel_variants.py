@@ -17,11 +17,9 @@ or what the wrapper passes needs `bench/kernel_ab.sh`, which runs each side in i
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import statistics
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,11 +31,11 @@ from bench.kernel import (
     MASK_NAMES,
     add_kernel_arguments,
     cudnn_attention,
-    environment,
     inputs_for,
     load_kernel,
     masks_for,
     time_sustained_graphs_ms,
+    write_result,
 )
 from sas_runtime.kernels import ops
 
@@ -165,15 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         "geometric mean over base: "
         + " | ".join(f"{n} {'-' if g is None else f'{g:.3f}'}" for n, g in summary.items())
     )
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            "environment": environment([sys.executable, *sys.argv]),
-            "variants": {namespace: str(path) for namespace, path in namespaces.items()},
-            "rows": rows,
-            "geometric_mean_over_base": summary,
-        }
-        args.out.write_text(json.dumps(result, indent=1))
+    write_result(
+        args.out,
+        variants={namespace: str(path) for namespace, path in namespaces.items()},
+        rows=rows,
+        geometric_mean_over_base=summary,
+    )
     return 0
 
 

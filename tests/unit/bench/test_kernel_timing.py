@@ -1,9 +1,12 @@
-"""bench.kernel's sustained graph timing, with capture and replay stood in for (CPU)."""
+"""bench.kernel's sustained graph timing, with capture and replay stood in for (CPU), and its
+result files."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +97,15 @@ def test_a_side_that_cannot_be_captured_is_none_and_the_others_are_still_timed(
         {"ours": lambda: "ours", "flex": lambda: "flex"}, samples=3, soak_ms=10
     )
     assert times == {"ours": 2.0, "flex": None}
+
+
+def test_a_result_is_written_with_its_environment_first_and_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "environment", lambda command: {"command": " ".join(command)})
+    out = tmp_path / "results" / "r.json"
+    kernel.write_result(out, rows=[{"mask": "causal"}], summary=0.99)
+    written = json.loads(out.read_text())
+    assert list(written) == ["environment", "rows", "summary"]
+    assert written["rows"] == [{"mask": "causal"}]
+    kernel.write_result(None, rows=[])  # no --out: nothing to write, no error
