@@ -61,6 +61,11 @@ def with_tile_order(
     return (*arguments[:TILE_ORDER_ARGUMENT], order, *arguments[TILE_ORDER_ARGUMENT + 1 :])
 
 
+def _kernel_op() -> Any:
+    """The op every order calls (the loaded library's)."""
+    return torch.ops.sas.block_sparse_attention_fwd
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", default="4096,16384")
@@ -73,15 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     groups = [int(g) for g in args.groups.split(",") if g]
     if not load_kernel(args.library):
         return 1
+    op = _kernel_op()
     rows: list[dict[str, Any]] = []
     for seq_len in (int(s) for s in args.seq_lens.split(",")):
         q, k, v = inputs_for(seq_len, args.head_dim, args.heads)
         for name, mask in masks_for(args.heads, seq_len, args.masks.split(",")).items():
             arguments = ops.op_arguments(q, k, v, block_mask=mask)
             sides: dict[str, Any] = {
-                order_name: partial(
-                    torch.ops.sas.block_sparse_attention_fwd, *with_tile_order(arguments, order)
-                )
+                order_name: partial(op, *with_tile_order(arguments, order))
                 for order_name, order in orders_for(mask, q, groups).items()
             }
             sides["cudnn_dense"] = partial(cudnn_attention, q, k, v, causal=False)

@@ -4,11 +4,15 @@ arguments."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 
 from bench import kernel_orders
+from bench.kernel import masks_for
 from sas_runtime.block_mask import compile_block_mask
 from sas_runtime.config import PatternConfig, PatternType
 from sas_runtime.kernels import ops
@@ -50,3 +54,51 @@ def test_every_order_compared_takes_every_tile_once() -> None:
     for name, order in orders.items():
         if order is not None:
             assert sorted(order.tolist()) == list(range(2 * 4 * 8)), name
+
+
+def test_each_row_times_every_order_beside_cudnn_and_reports_them_over_the_wrappers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    called_orders: list[object] = []
+
+    def op(*arguments: object) -> None:
+        called_orders.append(arguments[kernel_orders.TILE_ORDER_ARGUMENT])
+
+    def sustained(
+        sides: dict[str, Callable[[], object]], *, passes: int, rotate: bool
+    ) -> dict[str, float | None]:
+        assert (passes, rotate) == (len(sides), True)
+        for call in sides.values():
+            call()
+        times = {"classes": 2.0, "kernel": 2.2, "classes-per-2-heads": 1.8, "cudnn_dense": 9.0}
+        return {name: times[name] for name in sides}
+
+    written: dict[str, Any] = {}
+    monkeypatch.setattr(kernel_orders, "load_kernel", lambda library: True)
+    monkeypatch.setattr(kernel_orders, "_kernel_op", lambda: op)
+    monkeypatch.setattr(
+        kernel_orders,
+        "inputs_for",
+        lambda seq_len, head_dim, heads: [torch.zeros(1, heads, seq_len, head_dim)] * 3,
+    )
+    monkeypatch.setattr(
+        kernel_orders,
+        "masks_for",
+        lambda heads, seq_len, names: masks_for(heads, seq_len, names, device="cpu"),
+    )
+    monkeypatch.setattr(kernel_orders, "cudnn_attention", lambda q, k, v, causal: None)
+    monkeypatch.setattr(kernel_orders, "time_sustained_graphs_ms", sustained)
+    monkeypatch.setattr(kernel_orders, "write_result", lambda out, **fields: written.update(fields))
+    argv = ["--seq-lens", "1024", "--head-dim", "64", "--heads", "4", "--groups", "2"]
+    assert kernel_orders.main([*argv, "--masks", "causal"]) == 0
+    assert called_orders[1] is None  # the kernel's own order: none given
+    assert all(isinstance(order, torch.Tensor) for order in called_orders[::2])
+    (row,) = written["rows"]
+    assert row["over_classes"] == {
+        "classes": 1.0,
+        "kernel": pytest.approx(1.1),
+        "classes-per-2-heads": pytest.approx(0.9),
+    }
+    assert (
+        "classes    2.000 ms | kernel 1.100 | classes-per-2-heads 0.900" in capsys.readouterr().out
+    )
