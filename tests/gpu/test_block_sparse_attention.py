@@ -388,3 +388,40 @@ def test_long_d128_keys_carry_the_last_product_and_match_the_reference() -> None
     case = Case("long-keys", 1, 2, 2, 700, 32768, 128, DENSE)
     q, k, v = _inputs(case, torch.bfloat16)
     _check(q, k, v, _random_mask(1, 2, 700, 32768, 0.3))
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("carry", [False, True])
+def test_runs_of_empty_tiles(head_dim: int, carry: bool) -> None:
+    """Seven of every eight query blocks see no key, over 2 x 32 heads x 17 query blocks (about
+    eight tiles per CTA): CTAs meet runs of empty tiles, which load nothing, right after a tile
+    that still has loads in flight. Both schedules finish and match a float32 reference."""
+    torch.manual_seed(head_dim + int(carry))
+    case = Case("empty-runs", 2, 32, 8, 2100, 2100, head_dim, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    blocks = -(-case.q_len // 128)
+    rows = (torch.arange(blocks, device=DEVICE) % 8 == 3)[None, None, :, None]
+    visited = (torch.rand(2, 32, blocks, blocks, device=DEVICE) < 0.5) & rows
+    mask = BlockMask.from_block_grids(
+        partial_blocks=torch.zeros_like(visited),
+        full_blocks=visited,
+        element_mask=ElementMask(),
+        block_size=128,
+        q_len=case.q_len,
+        kv_len=case.kv_len,
+    )
+    out, lse = ops.block_sparse_attention(q, k, v, block_mask=mask, carry_last_product=carry)
+    visible = visible_keys(mask.to(torch.device("cpu")), batch=2, heads=32).to(DEVICE)
+    seen = visible.any(dim=-1)
+    group = case.heads // case.kv_heads
+    k_full, v_full = (t.repeat_interleave(group, dim=1).float() for t in (k, v))
+    scores = (q.float() @ k_full.transpose(-1, -2)) * head_dim**-0.5
+    scores = scores.masked_fill(~visible, -torch.inf)
+    ref_lse = torch.logsumexp(scores, dim=-1)
+    ref = torch.softmax(scores.masked_fill(~seen[..., None], 0.0), dim=-1) @ v_full
+    assert bool(seen.any())
+    assert not bool(seen.all())
+    assert bool((out[~seen] == 0).all())
+    assert bool((lse[~seen] == -torch.inf).all())
+    torch.testing.assert_close(lse[seen], ref_lse[seen], rtol=0, atol=2e-3)
+    torch.testing.assert_close(out.float()[seen], ref[seen], rtol=0, atol=2e-2)
