@@ -21,7 +21,8 @@ import platform
 import shlex
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,43 @@ def inputs_for(seq_len: int, head_dim: int, heads: int) -> tuple[torch.Tensor, .
     return tuple(torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark row: a shape, a mask, and its inputs."""
+
+    seq_len: int
+    head_dim: int
+    heads: int
+    mask_name: str
+    mask: BlockMask
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+
+    def row(self) -> dict[str, Any]:
+        """The fields that name this row in a result file."""
+        return {
+            "seq_len": self.seq_len,
+            "head_dim": self.head_dim,
+            "heads": self.heads,
+            "mask": self.mask_name,
+        }
+
+    def label(self) -> str:
+        """The start of this row's printed line."""
+        return f"S={self.seq_len:6d} D={self.head_dim:3d} {self.mask_name:14s}"
+
+
+def problems(seq_lens: str, head_dims: str, heads: int, mask_names: str) -> Iterator[Problem]:
+    """bench.kernel's rows for comma-separated sequence lengths, head dims and masks, head dims
+    outermost: inputs drawn once per (head dim, sequence length), then each mask in turn."""
+    for head_dim in (int(d) for d in head_dims.split(",")):
+        for seq_len in (int(s) for s in seq_lens.split(",")):
+            q, k, v = inputs_for(seq_len, head_dim, heads)
+            for name, mask in masks_for(heads, seq_len, mask_names.split(",")).items():
+                yield Problem(seq_len, head_dim, heads, name, mask, q, k, v)
+
+
 def cudnn_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 ) -> torch.Tensor:
@@ -339,19 +377,20 @@ def bench_shape(
         rows.append(row)
         print(
             f"S={seq_len:6d} D={head_dim:3d} {name:14s} d={density:.3f} | graphs: ours "
-            f"{_number(ours_graph_ms, '8.3f')} ms {_number(row['ours_graph_tflops'], '5.1f')} TF"
-            f" cuDNN {_number(dense_ref_graph_ms, '8.3f')} flex {_number(flex_graph_ms, '8.3f')}"
-            f" t/(d*cuDNN) {_number(graph_ratio, '.2f')} x flex "
-            f"{_number(row['graph_speedup_vs_flex'], '.2f')} | eager: ours {ours_ms:8.3f} ms "
+            f"{format_number(ours_graph_ms, '8.3f')} ms {format_number(row['ours_graph_tflops'], '5.1f')} TF"
+            f" cuDNN {format_number(dense_ref_graph_ms, '8.3f')} flex {format_number(flex_graph_ms, '8.3f')}"
+            f" t/(d*cuDNN) {format_number(graph_ratio, '.2f')} x flex "
+            f"{format_number(row['graph_speedup_vs_flex'], '.2f')} | eager: ours {ours_ms:8.3f} ms "
             f"{row['ours_tflops']:5.1f} TF cuDNN dense {cudnn_ms:8.3f} "
             f"({row['cudnn_dense_tflops']:5.1f} TF) t/(d*cuDNN) "
-            f"{row['time_over_density_x_cudnn']:.2f} x flex {_number(row['speedup_vs_flex'], '.2f')}",
+            f"{row['time_over_density_x_cudnn']:.2f} x flex {format_number(row['speedup_vs_flex'], '.2f')}",
             flush=True,
         )
     return rows
 
 
-def _number(value: object, spec: str) -> str:
+def format_number(value: object, spec: str) -> str:
+    """A number for a printed row, formatted by `spec`: '-' where there is none."""
     return "-" if value is None else format(value, spec)
 
 

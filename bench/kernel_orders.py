@@ -23,9 +23,9 @@ from bench.kernel import (
     add_kernel_arguments,
     cudnn_attention,
     format_ms,
-    inputs_for,
+    format_number,
     load_kernel,
-    masks_for,
+    problems,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -80,39 +80,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     op = _kernel_op()
     rows: list[dict[str, Any]] = []
-    for seq_len in (int(s) for s in args.seq_lens.split(",")):
-        q, k, v = inputs_for(seq_len, args.head_dim, args.heads)
-        for name, mask in masks_for(args.heads, seq_len, args.masks.split(",")).items():
-            arguments = ops.op_arguments(q, k, v, block_mask=mask)
-            sides: dict[str, Any] = {
-                order_name: partial(op, *with_tile_order(arguments, order))
-                for order_name, order in orders_for(mask, q, groups).items()
+    for problem in problems(args.seq_lens, str(args.head_dim), args.heads, args.masks):
+        q, k, v = problem.q, problem.k, problem.v
+        arguments = ops.op_arguments(q, k, v, block_mask=problem.mask)
+        sides: dict[str, Any] = {
+            order_name: partial(op, *with_tile_order(arguments, order))
+            for order_name, order in orders_for(problem.mask, q, groups).items()
+        }
+        sides["cudnn_dense"] = partial(cudnn_attention, q, k, v, causal=False)
+        times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
+        base = times["classes"]
+        over_classes = {
+            order_name: None if base is None or time is None else time / base
+            for order_name, time in times.items()
+            if order_name != "cudnn_dense"
+        }
+        rows.append(
+            {
+                **problem.row(),
+                "graph_ms": times,
+                "over_classes": over_classes,
             }
-            sides["cudnn_dense"] = partial(cudnn_attention, q, k, v, causal=False)
-            times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
-            base = times["classes"]
-            rows.append(
-                {
-                    "seq_len": seq_len,
-                    "head_dim": args.head_dim,
-                    "heads": args.heads,
-                    "mask": name,
-                    "graph_ms": times,
-                    "over_classes": {
-                        order_name: None if base is None or time is None else time / base
-                        for order_name, time in times.items()
-                        if order_name != "cudnn_dense"
-                    },
-                }
-            )
-            ratios = " | ".join(
-                f"{order_name} {'-' if ratio is None else f'{ratio:.3f}'}"
-                for order_name, ratio in rows[-1]["over_classes"].items()
-                if order_name != "classes"
-            )
-            print(
-                f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} classes {format_ms(base)} | {ratios}"
-            )
+        )
+        ratios = " | ".join(
+            f"{order_name} {format_number(ratio, '.3f')}"
+            for order_name, ratio in over_classes.items()
+            if order_name != "classes"
+        )
+        print(
+            f"{problem.label()} classes {format_ms(base)} | {ratios}",
+            flush=True,
+        )
     write_result(args.out, rows=rows)
     return 0
 

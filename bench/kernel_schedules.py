@@ -18,9 +18,9 @@ from bench.kernel import (
     add_kernel_arguments,
     cudnn_attention,
     format_ms,
-    inputs_for,
+    format_number,
     load_kernel,
-    masks_for,
+    problems,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -38,37 +38,33 @@ def main(argv: list[str] | None = None) -> int:
     if not load_kernel(args.library):
         return 1
     rows: list[dict[str, Any]] = []
-    for seq_len in (int(s) for s in args.seq_lens.split(",")):
-        q, k, v = inputs_for(seq_len, args.head_dim, args.heads)
-        for name, mask in masks_for(args.heads, seq_len, args.masks.split(",")).items():
-            call = partial(ops.block_sparse_attention, q, k, v, block_mask=mask)
-            times = time_sustained_graphs_ms(
-                {
-                    "plain": partial(call, carry_last_product=False),
-                    "carried": partial(call, carry_last_product=True),
-                    "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
-                }
-            )
-            plain, carried = times["plain"], times["carried"]
-            ratio = None if plain is None or carried is None else carried / plain
-            rows.append(
-                {
-                    "seq_len": seq_len,
-                    "head_dim": args.head_dim,
-                    "heads": args.heads,
-                    "mask": name,
-                    "plain_graph_ms": plain,
-                    "carried_graph_ms": carried,
-                    "cudnn_dense_graph_ms": times["cudnn_dense"],
-                    "carried_over_plain": ratio,
-                }
-            )
-            print(
-                f"S={seq_len:6d} D={args.head_dim:3d} {name:14s} plain {format_ms(plain)} carried "
-                f"{format_ms(carried)} cuDNN dense {format_ms(times['cudnn_dense'])} | carried/plain "
-                f"{'-' if ratio is None else f'{ratio:.3f}'}",
-                flush=True,
-            )
+    for problem in problems(args.seq_lens, str(args.head_dim), args.heads, args.masks):
+        q, k, v = problem.q, problem.k, problem.v
+        call = partial(ops.block_sparse_attention, q, k, v, block_mask=problem.mask)
+        times = time_sustained_graphs_ms(
+            {
+                "plain": partial(call, carry_last_product=False),
+                "carried": partial(call, carry_last_product=True),
+                "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
+            }
+        )
+        plain, carried = times["plain"], times["carried"]
+        ratio = None if plain is None or carried is None else carried / plain
+        rows.append(
+            {
+                **problem.row(),
+                "plain_graph_ms": plain,
+                "carried_graph_ms": carried,
+                "cudnn_dense_graph_ms": times["cudnn_dense"],
+                "carried_over_plain": ratio,
+            }
+        )
+        print(
+            f"{problem.label()} plain "
+            f"{format_ms(plain)} carried {format_ms(carried)} cuDNN dense "
+            f"{format_ms(times['cudnn_dense'])} | carried/plain {format_number(ratio, '.3f')}",
+            flush=True,
+        )
     write_result(args.out, rows=rows)
     return 0
 

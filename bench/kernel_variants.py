@@ -31,9 +31,9 @@ from bench.kernel import (
     MASK_NAMES,
     add_kernel_arguments,
     cudnn_attention,
-    inputs_for,
+    format_number,
     load_kernel,
-    masks_for,
+    problems,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -119,49 +119,41 @@ def main(argv: list[str] | None = None) -> int:
         torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
 
     rows: list[dict[str, Any]] = []
-    for head_dim in (int(d) for d in args.head_dims.split(",")):
-        for seq_len in (int(s) for s in args.seq_lens.split(",")):
-            q, k, v = inputs_for(seq_len, head_dim, args.heads)
-            for name, mask in masks_for(args.heads, seq_len, args.masks.split(",")).items():
-                arguments = ops.op_arguments(q, k, v, block_mask=mask)
-                calls: dict[str, Callable[[], Any]] = {
-                    "base": partial(torch.ops.sas.block_sparse_attention_fwd, *arguments),
-                    **{
-                        namespace: partial(
-                            getattr(torch.ops, namespace).block_sparse_attention_fwd, *arguments
-                        )
-                        for namespace in namespaces
-                    },
-                }
-                times, differences = bench_row(
-                    calls, partial(cudnn_attention, q, k, v, causal=False)
+    for problem in problems(args.seq_lens, args.head_dims, args.heads, args.masks):
+        q, k, v = problem.q, problem.k, problem.v
+        arguments = ops.op_arguments(q, k, v, block_mask=problem.mask)
+        calls: dict[str, Callable[[], Any]] = {
+            "base": partial(torch.ops.sas.block_sparse_attention_fwd, *arguments),
+            **{
+                namespace: partial(
+                    getattr(torch.ops, namespace).block_sparse_attention_fwd, *arguments
                 )
-                base = times["base"]
-                row = {
-                    "seq_len": seq_len,
-                    "head_dim": head_dim,
-                    "heads": args.heads,
-                    "mask": name,
-                    "base_graph_ms": base,
-                    "cudnn_dense_graph_ms": times["cudnn_dense"],
-                    "variants": {
-                        namespace: _variant_entry(times[namespace], base, differences[namespace])
-                        for namespace in namespaces
-                    },
-                }
-                rows.append(row)
-                ratios = " | ".join(
-                    f"{namespace} {_ratio(row['variants'][namespace])}" for namespace in namespaces
-                )
-                print(
-                    f"S={seq_len:6d} D={head_dim:3d} {name:14s} base "
-                    f"{'-' if base is None else f'{base:8.3f}'} ms | {ratios}",
-                    flush=True,
-                )
+                for namespace in namespaces
+            },
+        }
+        times, differences = bench_row(calls, partial(cudnn_attention, q, k, v, causal=False))
+        base = times["base"]
+        row: dict[str, Any] = {
+            **problem.row(),
+            "base_graph_ms": base,
+            "cudnn_dense_graph_ms": times["cudnn_dense"],
+            "variants": {
+                namespace: _variant_entry(times[namespace], base, differences[namespace])
+                for namespace in namespaces
+            },
+        }
+        rows.append(row)
+        ratios = " | ".join(
+            f"{namespace} {_ratio(row['variants'][namespace])}" for namespace in namespaces
+        )
+        print(
+            f"{problem.label()} base {format_number(base, '8.3f')} ms | {ratios}",
+            flush=True,
+        )
     summary = summarise(rows, list(namespaces))
     print(
         "geometric mean over base: "
-        + " | ".join(f"{n} {'-' if g is None else f'{g:.3f}'}" for n, g in summary.items())
+        + " | ".join(f"{n} {format_number(g, '.3f')}" for n, g in summary.items())
     )
     write_result(
         args.out,

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
-import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,13 +28,14 @@ from torch.nn.attention import flex_attention
 from bench.kernel import (
     add_kernel_arguments,
     cudnn_attention,
-    environment,
+    format_number,
     inputs_for,
     load_kernel,
     masks_for,
     queued_ms,
     single_call_ms,
     time_graph_ms,
+    write_result,
 )
 from sas_runtime.kernels import ops
 
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"round {round_index} {began} {side:5s} single median "
                 f"{statistics.median(single):8.3f} (min {min(single):8.3f} max {max(single):8.3f})"
                 f" | queued {measured[side]['queued']:8.3f} | graph "
-                f"{'-' if graph is None else f'{graph:8.3f}'} ms",
+                f"{format_number(graph, '8.3f')} ms",
                 flush=True,
             )
         rounds.append(measured)
@@ -126,20 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         medians = summary["medians_ms"][side]
         print(f"{side:5s} " + " | ".join(f"{way} {medians[way]}" for way in WAYS))
     print("flex / ours: " + " | ".join(f"{w} {summary['flex_over_ours'][w]}" for w in WAYS))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            "environment": environment([sys.executable, *sys.argv]),
-            "row": {
-                "seq_len": args.seq_len,
-                "head_dim": args.head_dim,
-                "heads": args.heads,
-                "mask": args.mask,
-            },
-            "rounds": rounds,
-            **summary,
-        }
-        args.out.write_text(json.dumps(result, indent=1))
+    write_result(
+        args.out,
+        row={
+            "seq_len": args.seq_len,
+            "head_dim": args.head_dim,
+            "heads": args.heads,
+            "mask": args.mask,
+        },
+        rounds=rounds,
+        **summary,
+    )
     return 0
 
 

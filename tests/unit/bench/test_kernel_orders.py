@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from bench import kernel_orders
+from bench import kernel, kernel_orders
 from bench.kernel import masks_for
 from sas_runtime.block_mask import compile_block_mask
 from sas_runtime.config import PatternConfig, PatternType
@@ -76,13 +76,14 @@ def test_each_row_times_every_order_beside_cudnn_and_reports_them_over_the_wrapp
     written: dict[str, Any] = {}
     monkeypatch.setattr(kernel_orders, "load_kernel", lambda library: True)
     monkeypatch.setattr(kernel_orders, "_kernel_op", lambda: op)
+    # bench.kernel.problems draws the inputs and masks: on the CPU here
     monkeypatch.setattr(
-        kernel_orders,
+        kernel,
         "inputs_for",
         lambda seq_len, head_dim, heads: [torch.zeros(1, heads, seq_len, head_dim)] * 3,
     )
     monkeypatch.setattr(
-        kernel_orders,
+        kernel,
         "masks_for",
         lambda heads, seq_len, names: masks_for(heads, seq_len, names, device="cpu"),
     )

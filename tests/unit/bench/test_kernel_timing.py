@@ -109,3 +109,24 @@ def test_a_result_is_written_with_its_environment_first_and_only_when_asked(
     assert list(written) == ["environment", "rows", "summary"]
     assert written["rows"] == [{"mask": "causal"}]
     kernel.write_result(None, rows=[])  # no --out: nothing to write, no error
+
+
+def test_problems_draw_inputs_once_per_shape_and_go_through_every_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn: list[tuple[int, int]] = []
+
+    def inputs_for(seq_len: int, head_dim: int, heads: int) -> list[object]:
+        drawn.append((head_dim, seq_len))
+        return [object()] * 3
+
+    monkeypatch.setattr(kernel, "inputs_for", inputs_for)
+    monkeypatch.setattr(
+        kernel, "masks_for", lambda heads, seq_len, names: {name: object() for name in names}
+    )
+    rows = [
+        (p.head_dim, p.seq_len, p.mask_name)
+        for p in kernel.problems("512,1024", "128,64", 2, "causal,random-0.5")
+    ]
+    assert drawn == [(128, 512), (128, 1024), (64, 512), (64, 1024)]
+    assert rows == [(d, s, m) for d, s in drawn for m in ("causal", "random-0.5")]
