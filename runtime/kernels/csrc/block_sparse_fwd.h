@@ -192,6 +192,20 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       }
     }();
     Tensor tOrP_a = make_tensor(tOrP.data(), accumulator_as_operand_a(tOrP.layout()));
+    // The probabilities of S, in the element type, as the next P V product's A operand.
+    auto take_probabilities = [&](auto const& tSrS) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        tOrP(i) = Element(tSrS(i));
+      }
+    };
+    // The P V product in flight has landed: O and P are free again, and its V stage goes back.
+    auto product_landed = [&](int v_stage) {
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      warpgroup_fence_operand(tOrP_a);
+      release(&smem.empty_v[v_stage], is_signaller);
+    };
 
     // Block 0: S_0 (kCarry: with the pending tile's last product beside it) and P_0. Then for
     // each block j, S_j's GEMM and P_{j-1} V_{j-1} are in flight together (FlashAttention 3's
@@ -215,10 +229,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       release(&smem.empty_k[stage0], is_signaller);
       auto tSrS0_rc = mask_block(0, tSrS0);
       softmax.update(tSrS0_rc, correction);
-      CUTE_UNROLL
-      for (int i = 0; i < size(tSrS0); ++i) {
-        tOrP(i) = Element(tSrS0(i));
-      }
+      take_probabilities(tSrS0);
       TransactionBarrier::wait(&smem.full_v[stage0], phase0);
       warpgroup_gemm_issue<true, true>(mma_pv, tOrP_a, tOrV(_, _, _, stage0), tOrO);
       warpgroup_wait<1>();
@@ -226,15 +237,9 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       release(&smem.empty_k[kv_ring.stage()], is_signaller);
       auto tSrS1_rc = mask_block(1, tSrS1);
       softmax.update(tSrS1_rc, correction);
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tOrO);
-      warpgroup_fence_operand(tOrP_a);
-      release(&smem.empty_v[stage0], is_signaller);
+      product_landed(stage0);
       OnlineSoftmax<kRows>::rescale(tOrO_rc, correction);
-      CUTE_UNROLL
-      for (int i = 0; i < size(tSrS1); ++i) {
-        tOrP(i) = Element(tSrS1(i));
-      }
+      take_probabilities(tSrS1);
       first_loop_block = 2;
     } else {
       Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
@@ -259,10 +264,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
         warpgroup_wait<0>();
         score_softmax();
       }
-      CUTE_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        tOrP(i) = Element(tSrS(i));
-      }
+      take_probabilities(tSrS);
     }
     CUTE_NO_UNROLL
     for (int j = first_loop_block; j < blocks.total; ++j) {
@@ -281,10 +283,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       if constexpr (kCarry) {
         keep_softmax_under_product();
       }
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tOrO);
-      warpgroup_fence_operand(tOrP_a);
-      release(&smem.empty_v[previous_stage], is_signaller);
+      product_landed(previous_stage);
       if constexpr (kCarry) {
         // Past the first few blocks most rows keep their max: a warp none of whose rows moved
         // skips the rescale, which stands between the product landing and the next GEMMs.
@@ -294,10 +293,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       } else {
         OnlineSoftmax<kRows>::rescale(tOrO_rc, correction);
       }
-      CUTE_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        tOrP(i) = Element(tSrS(i));
-      }
+      take_probabilities(tSrS);
     }
     // Every Q K^T of the tile has landed.
     release(&smem.empty_q[q_stage], is_signaller);
@@ -311,10 +307,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     } else {
       TransactionBarrier::wait(&smem.full_v[kv_ring.stage()], kv_ring.phase());
       warpgroup_gemm_issue<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, kv_ring.stage()), tOrO);
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tOrO);
-      warpgroup_fence_operand(tOrP_a);
-      release(&smem.empty_v[kv_ring.stage()], is_signaller);
+      product_landed(kv_ring.stage());
       ++kv_ring.count;
       float lse[kRows];
       softmax.finish(tOrO_rc, lse);
