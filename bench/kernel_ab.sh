@@ -73,6 +73,22 @@ in_tree() {
     TRITON_CACHE_DIR="$work/triton-$side" "$@")
 }
 
+# SIDE_BY_SIDE=1 (below): every built side is built again under its own op namespace, side by
+# side and while the tests run; the benchmark runs bfloat16 only, so fp16 is left out.
+if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
+  declare -A variant_builds variant_numbers
+  number=0
+  for side in "${built[@]}"; do
+    say "build $side as sas_v$number"
+    PYTHONPATH="$work/site-$side:${PYTHONPATH:-}" MAX_JOBS=$((16 / ${#built[@]} + 1)) \
+      SAS_KERNEL_DTYPES=bf16 python3 -m sas_runtime.kernels.build --out "$work/variant-$side" \
+      --op-namespace "sas_v$number" >"$out/$side-variant-build.log" 2>&1 &
+    variant_builds[$side]=$!
+    variant_numbers[$side]=$number
+    number=$((number + 1))
+  done
+fi
+
 # SANITIZE=1 (every side) or SANITIZE=NAME[,NAME...] (those sides, "base" among them):
 # compute-sanitizer's memcheck, racecheck and synccheck on one small launch
 # (tests/gpu/sanitize_small_case.py), 90 s each; a tool that reports errors drops a variant, one
@@ -126,7 +142,7 @@ for side in "${built[@]:1}"; do
 done
 [ ${#kept[@]} -gt 1 ] || { say "no variant left to benchmark"; exit 1; }
 
-# SIDE_BY_SIDE=1: base and each kept variant are built again under their own op namespace
+# SIDE_BY_SIDE=1: base and each kept variant, built again under their own op namespace
 # (base as sas_v0, a control: what two builds of one source read apart is the method's noise;
 # the variants sas_v1, sas_v2, ... in patch order; OUT/variants.txt maps them) and `python -m
 # bench.kernel_variants` times them all in one process, row by row, every side in every
@@ -134,18 +150,15 @@ done
 # benches and kernel_ab_summary. For patches that leave the op's arguments alone.
 if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
   variant_args=()
-  number=0
   for side in "${kept[@]}"; do
-    say "build $side as sas_v$number"
-    if PYTHONPATH="$work/site-$side:${PYTHONPATH:-}" MAX_JOBS=16 python3 -m sas_runtime.kernels.build \
-      --out "$work/variant-$side" --op-namespace "sas_v$number" >"$out/$side-variant-build.log" 2>&1; then
+    number=${variant_numbers[$side]}
+    if wait "${variant_builds[$side]}"; then
       variant_args+=(--variant "$work/variant-$side/sas_kernels_sas_v$number.so")
       echo "sas_v$number $side" >>"$out/variants.txt"
     else
       tail -30 "$out/$side-variant-build.log"
       say "$side: variant build failed"
     fi
-    number=$((number + 1))
   done
   [ ${#variant_args[@]} -gt 0 ] || { say "no variant left to benchmark"; exit 1; }
   for pass in $(seq "${PASSES:-1}"); do

@@ -23,7 +23,8 @@ args = sys.argv[1:]
 log = pathlib.Path(os.environ["STUB_LOG"])
 with log.open("a") as f:
     f.write(" ".join(args) + " | " + os.environ.get("PYTHONPATH", "").split(":")[0]
-            + " | " + os.environ.get("TORCHINDUCTOR_CACHE_DIR", "") + "\\n")
+            + " | " + os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+            + " | " + os.environ.get("SAS_KERNEL_DTYPES", "") + "\\n")
 site = os.environ.get("PYTHONPATH", "").split(":")[0]
 tree = (pathlib.Path(site) / "sas_runtime").resolve().parent
 if args[:2] == ["-m", "pip"]:
@@ -175,16 +176,20 @@ def test_side_by_side_builds_each_kept_variant_under_its_own_namespace_and_times
     # base is built again as a control beside the variant that passed its tests
     assert (out / "variants.txt").read_text() == "sas_v0 base\nsas_v1 kernel-good\n"
     calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
+    # every side that built is built again, in parallel while the tests run, bfloat16 only
     namespaced = [line for line in calls if "--op-namespace" in line]
-    assert [Path(line.split(" | ")[1]).name for line in namespaced] == [
+    assert sorted(Path(line.split(" | ")[1]).name for line in namespaced) == [
         "site-base",
+        "site-kernel-bad",
         "site-kernel-good",
     ]
+    assert {line.split(" | ")[3] for line in namespaced} == {"bf16"}
     side_by_side = [line for line in calls if line.startswith("-m bench.kernel_variants ")]
     assert len(side_by_side) == 1  # one pass by default, one process for every side
     for line in side_by_side:
         assert "sas_kernels_sas_v0.so" in line
         assert "sas_kernels_sas_v1.so" in line
+        assert "sas_kernels_sas_v2.so" not in line  # kernel-bad failed its tests
         assert "--head-dims 128,64" in line
         assert Path(line.split(" | ")[1]).name == "site-base"
     assert not any(line.startswith("-m bench.kernel ") for line in calls)
