@@ -1,10 +1,11 @@
 """Tile orders side by side, one library: the wrapper's (`ops.long_tiles_first_order`, length
 classes over every head), the kernel's own (no order: one head at a time, query blocks from
-the last down) and length classes within groups of heads (`heads_per_group`), on
-bench.kernel's rows, timed from CUDA graphs under a sustained load beside cuDNN dense, every
-side in every place of the order once (bench.kernel.time_sustained_graphs_ms). Run 11's ncu of
-S4K D128 random-0.1 found L2 hits at 40% and the consumers waiting for Q and K: the wrapper's
-classes put 15 heads' K/V in flight per wave there, the kernel's own order 5.
+the last down) and length classes within groups of heads (`heads_per_group`), with the
+wrapper's order a second time as a control (run 12's single pass could not tell 2% from
+noise), on bench.kernel's rows, timed from CUDA graphs under a sustained load beside cuDNN
+dense, every side in every place of the order once (bench.kernel.time_sustained_graphs_ms).
+Run 11's ncu of S4K D128 random-0.1 found L2 hits at 40% and the consumers waiting for Q and
+K: the wrapper's classes put 15 heads' K/V in flight per wave there, the kernel's own order 5.
 
     python -m bench.kernel_orders --seq-lens 4096,16384 --head-dim 128 --groups 4,8 \\
         --masks random-0.1,random-0.25,random-0.5 --out bench/results/orders.json
@@ -39,12 +40,15 @@ TILE_ORDER_ARGUMENT = 13
 def orders_for(
     mask: BlockMask, q: torch.Tensor, groups: list[int]
 ) -> dict[str, torch.Tensor | None]:
-    """The orders compared on one row, by name; the wrapper's first."""
+    """The orders compared on one row, by name; the wrapper's first, then the same again."""
     batch, heads, q_len, _ = q.shape
     q_blocks = -(-q_len // ops.BLOCK_SIZE)
     shape = {"batch": batch, "heads": heads, "q_blocks": q_blocks}
+    classes = ops.long_tiles_first_order(mask, **shape)
     orders: dict[str, torch.Tensor | None] = {
-        "classes": ops.long_tiles_first_order(mask, **shape),
+        "classes": classes,
+        # the wrapper's order again, a control: how far two sides of one order read apart
+        "classes-again": classes.clone(),
         "kernel": None,
     }
     for group in groups:

@@ -366,7 +366,7 @@ class LocalCluster:
             for node in listed
             if any(
                 c["type"] == "Ready" and c["status"] == "True"
-                for c in node.get("status", {}).get("conditions", [])
+                for c in (node.get("status") or {}).get("conditions") or []
             )
         ]
         return len(ready) == len(nodes.node_list()["items"])

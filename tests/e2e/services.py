@@ -41,8 +41,9 @@ def sas(name: str, **spec: Any) -> Manifest:
 
 
 def condition(obj: Manifest, kind: str) -> Manifest | None:
-    """The status condition of this type, if any."""
-    conditions: list[Manifest] = obj.get("status", {}).get("conditions", [])
+    """The status condition of this type, if any. A new object's status may hold `conditions:
+    null` for a moment (a CRD just applied), which reads as none."""
+    conditions: list[Manifest] = (obj.get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c["type"] == kind), None)
 
 
@@ -109,9 +110,9 @@ def controller_uid(obj: Manifest) -> str | None:
 
 
 def pod_ready(pod: Manifest) -> bool:
-    status = pod.get("status", {})
+    status = pod.get("status") or {}
     ready = any(
-        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
     )
     return status.get("phase") == "Running" and ready
 

@@ -49,8 +49,20 @@ def test_every_order_compared_takes_every_tile_once() -> None:
     )
     q = torch.zeros(2, 4, 1024, 64, dtype=torch.bfloat16)
     orders = kernel_orders.orders_for(mask, q, groups=[2, 3])
-    assert list(orders) == ["classes", "kernel", "classes-per-2-heads", "classes-per-3-heads"]
+    assert list(orders) == [
+        "classes",
+        "classes-again",
+        "kernel",
+        "classes-per-2-heads",
+        "classes-per-3-heads",
+    ]
     assert orders["kernel"] is None  # the kernel's own order
+    # the control is the wrapper's order in a tensor of its own
+    control, classes = orders["classes-again"], orders["classes"]
+    assert control is not None
+    assert classes is not None
+    assert control is not classes
+    assert torch.equal(control, classes)
     for name, order in orders.items():
         if order is not None:
             assert sorted(order.tolist()) == list(range(2 * 4 * 8)), name
@@ -70,7 +82,13 @@ def test_each_row_times_every_order_beside_cudnn_and_reports_them_over_the_wrapp
         assert (passes, rotate) == (len(sides), True)
         for call in sides.values():
             call()
-        times = {"classes": 2.0, "kernel": 2.2, "classes-per-2-heads": 1.8, "cudnn_dense": 9.0}
+        times = {
+            "classes": 2.0,
+            "classes-again": 2.02,
+            "kernel": 2.2,
+            "classes-per-2-heads": 1.8,
+            "cudnn_dense": 9.0,
+        }
         return {name: times[name] for name in sides}
 
     written: dict[str, Any] = {}
@@ -92,14 +110,17 @@ def test_each_row_times_every_order_beside_cudnn_and_reports_them_over_the_wrapp
     monkeypatch.setattr(kernel_orders, "write_result", lambda out, **fields: written.update(fields))
     argv = ["--seq-lens", "1024", "--head-dim", "64", "--heads", "4", "--groups", "2"]
     assert kernel_orders.main([*argv, "--masks", "causal"]) == 0
-    assert called_orders[1] is None  # the kernel's own order: none given
-    assert all(isinstance(order, torch.Tensor) for order in called_orders[::2])
+    assert called_orders[2] is None  # the kernel's own order: none given
+    given = [order for i, order in enumerate(called_orders) if i != 2]
+    assert all(isinstance(order, torch.Tensor) for order in given)
     (row,) = written["rows"]
     assert row["over_classes"] == {
         "classes": 1.0,
+        "classes-again": pytest.approx(1.01),
         "kernel": pytest.approx(1.1),
         "classes-per-2-heads": pytest.approx(0.9),
     }
     assert (
-        "classes    2.000 ms | kernel 1.100 | classes-per-2-heads 0.900" in capsys.readouterr().out
+        "classes    2.000 ms | classes-again 1.010 | kernel 1.100 | classes-per-2-heads 0.900"
+        in capsys.readouterr().out
     )
