@@ -26,11 +26,15 @@ struct BlockList {
   CUTE_DEVICE bool is_partial(int j) const { return j >= full_count; }
 };
 
-// The block list of one tile with the given counts, clamped to the index slots so that a bad
-// count cannot read past a row.
-CUTE_DEVICE BlockList block_list_with_counts(BlockSparseFwdParams const& p, Tile const& tile,
-                                             int full_count, int partial_count) {
+// The block list of one tile, counts read from the mask and clamped to the index slots so that
+// a bad count cannot read past a row.
+CUTE_DEVICE BlockList make_block_list(BlockSparseFwdParams const& p, Tile const& tile) {
   const int64_t b = tile.batch, h = tile.head, m = tile.m_block;
+  const int full_count = p.full_kv_num_blocks[b * p.full_num_batch_stride +
+                                              h * p.full_num_head_stride +
+                                              m * p.full_num_row_stride];
+  const int partial_count =
+      p.kv_num_blocks[b * p.num_batch_stride + h * p.num_head_stride + m * p.num_row_stride];
   BlockList blocks;
   blocks.full = p.full_kv_indices + b * p.full_idx_batch_stride + h * p.full_idx_head_stride +
                 m * p.full_idx_row_stride;
@@ -39,17 +43,6 @@ CUTE_DEVICE BlockList block_list_with_counts(BlockSparseFwdParams const& p, Tile
   blocks.full_count = max(0, min(full_count, p.full_slots));
   blocks.total = blocks.full_count + max(0, min(partial_count, p.partial_slots));
   return blocks;
-}
-
-// The block list of one tile, counts read from the mask.
-CUTE_DEVICE BlockList make_block_list(BlockSparseFwdParams const& p, Tile const& tile) {
-  const int64_t b = tile.batch, h = tile.head, m = tile.m_block;
-  const int full_count = p.full_kv_num_blocks[b * p.full_num_batch_stride +
-                                              h * p.full_num_head_stride +
-                                              m * p.full_num_row_stride];
-  const int partial_count =
-      p.kv_num_blocks[b * p.num_batch_stride + h * p.num_head_stride + m * p.num_row_stride];
-  return block_list_with_counts(p, tile, full_count, partial_count);
 }
 
 // A position in a ring of `kStages` buffers: which buffer, and the parity of its barrier phase.
