@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{problem.label()} classes {format_ms(base)} | {ratios}",
             flush=True,
         )
-    write_result(args.out, rows=rows)
+        write_result(args.out, rows=rows)  # after every row: a call cut short keeps its rows
     return 0
 
 

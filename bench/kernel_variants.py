@@ -150,16 +150,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{problem.label()} base {format_number(base, '8.3f')} ms | {ratios}",
             flush=True,
         )
-    summary = summarise(rows, list(namespaces))
+        # after every row: a call cut short keeps its rows
+        summary = summarise(rows, list(namespaces))
+        write_result(
+            args.out,
+            variants={namespace: str(path) for namespace, path in namespaces.items()},
+            rows=rows,
+            geometric_mean_over_base=summary,
+        )
     print(
         "geometric mean over base: "
-        + " | ".join(f"{n} {format_number(g, '.3f')}" for n, g in summary.items())
-    )
-    write_result(
-        args.out,
-        variants={namespace: str(path) for namespace, path in namespaces.items()},
-        rows=rows,
-        geometric_mean_over_base=summary,
+        + " | ".join(
+            f"{n} {format_number(g, '.3f')}" for n, g in summarise(rows, list(namespaces)).items()
+        )
     )
     return 0
 
