@@ -150,19 +150,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{problem.label()} base {format_number(base, '8.3f')} ms | {ratios}",
             flush=True,
         )
-        # after every row: a call cut short keeps its rows
-        summary = summarise(rows, list(namespaces))
-        write_result(
+        write_result(  # after every row: a call cut short keeps its rows
             args.out,
             variants={namespace: str(path) for namespace, path in namespaces.items()},
             rows=rows,
-            geometric_mean_over_base=summary,
+            geometric_mean_over_base=summarise(rows, list(namespaces)),
         )
+    summary = summarise(rows, list(namespaces))
     print(
         "geometric mean over base: "
-        + " | ".join(
-            f"{n} {format_number(g, '.3f')}" for n, g in summarise(rows, list(namespaces)).items()
-        )
+        + " | ".join(f"{n} {format_number(g, '.3f')}" for n, g in summary.items())
     )
     return 0
 

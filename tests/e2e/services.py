@@ -110,11 +110,9 @@ def controller_uid(obj: Manifest) -> str | None:
 
 
 def pod_ready(pod: Manifest) -> bool:
-    status = pod.get("status") or {}
-    ready = any(
-        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
-    )
-    return status.get("phase") == "Running" and ready
+    ready = condition(pod, "Ready")
+    running = (pod.get("status") or {}).get("phase") == "Running"
+    return running and ready is not None and ready["status"] == "True"
 
 
 def resource_versions(objects: list[Manifest]) -> dict[str, str]:
