@@ -8,14 +8,17 @@ every tile visits exactly n full blocks, for several n, with three layouts of th
 - `band`: n consecutive key blocks starting at the query block (wrapping), so neighbouring
   tiles share n - 1 blocks.
 
-Per layout, time = waves * (per-tile + n * per-block), waves = tiles / SMs, is fitted by least
-squares. The schedule model (bench.schedule_model) fits 4.27 us per tile at D128 on bench.kernel's
-masks; if `shared` and `band` fit a much smaller per-tile cost than `random`, that cost is the
-loads at a tile's start, not the tile boundary itself. Timed from CUDA graphs under a sustained
-load (bench.kernel.time_sustained_graphs_ms), one library.
+Each layout runs under the kernel's plain schedule and, with `--schedules plain,carried`, also
+under the one that carries a tile's last P V into the next tile (`carry_last_product`, written
+to fill the tile boundary). Per layout and schedule, time = waves * (per-tile + n * per-block),
+waves = tiles / SMs, is fitted by least squares. The schedule model (bench.schedule_model)
+fits 4.27 us per tile at D128 on bench.kernel's masks; if `shared` and `band` fit a much
+smaller per-tile cost than `random`, that cost is the loads at a tile's start, not the tile
+boundary itself. Timed from CUDA graphs under a sustained load
+(bench.kernel.time_sustained_graphs_ms), one library.
 
     python -m bench.kernel_tile_cost --seq-len 16384 --head-dim 128 --blocks 4,8,16,32 \\
-        --out bench/results/tile-cost.json
+        --schedules plain,carried --out bench/results/tile-cost.json
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sas_runtime.block_mask import BlockMask, ElementMask
 from sas_runtime.kernels import ops
 
 LAYOUTS = ("random", "shared", "band")
+SCHEDULES = {"plain": False, "carried": True}
 
 
 def fixed_count_grid(
@@ -104,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--blocks", default="4,8,16,32", help="blocks per tile, comma-separated")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--schedules", default="plain", help="plain, carried or both")
     add_kernel_arguments(parser)
     args = parser.parse_args(argv)
+    schedules = args.schedules.split(",")
+    unknown = set(schedules) - set(SCHEDULES)
+    if unknown:
+        parser.error(f"unknown schedules {sorted(unknown)}; known: {list(SCHEDULES)}")
     if not load_kernel(args.library):
         return 1
     counts = [int(c) for c in args.blocks.split(",")]
@@ -118,28 +127,43 @@ def main(argv: list[str] | None = None) -> int:
     for layout in layouts:
         for count in counts:
             mask = fixed_count_mask(layout, args.heads, args.seq_len, count, seed=args.seq_len)
-            sides[f"{layout}-{count}"] = partial(
-                ops.block_sparse_attention, q, k, v, block_mask=mask
-            )
+            for schedule in schedules:
+                sides[f"{layout}-{count}-{schedule}"] = partial(
+                    ops.block_sparse_attention,
+                    q,
+                    k,
+                    v,
+                    block_mask=mask,
+                    carry_last_product=SCHEDULES[schedule],
+                )
     times = time_sustained_graphs_ms(sides)
     rows: list[dict[str, Any]] = []
     fits: dict[str, dict[str, float]] = {}
     for layout in layouts:
-        measured = [(c, times[f"{layout}-{c}"]) for c in counts]
-        for count, ms in measured:
-            rows.append({"layout": layout, "blocks_per_tile": count, "graph_ms": ms})
-            print(f"{layout:7s} {count:3d} blocks a tile {format_ms(ms)}", flush=True)
-        usable = [(c, t) for c, t in measured if t is not None]
-        if len({c for c, _ in usable}) >= 2:
-            tile_us, block_us = fit_tile_and_block_us(
-                [c for c, _ in usable], [t for _, t in usable], waves
-            )
-            fits[layout] = {"tile_us": tile_us, "block_us": block_us}
-            print(
-                f"{layout:7s} fit: {format_number(tile_us, '.2f')} us per tile + "
-                f"{format_number(block_us, '.3f')} us per block ({waves:.1f} waves)",
-                flush=True,
-            )
+        for schedule in schedules:
+            name = f"{layout}-{schedule}"
+            measured = [(c, times[f"{layout}-{c}-{schedule}"]) for c in counts]
+            for count, ms in measured:
+                rows.append(
+                    {
+                        "layout": layout,
+                        "schedule": schedule,
+                        "blocks_per_tile": count,
+                        "graph_ms": ms,
+                    }
+                )
+                print(f"{name:15s} {count:3d} blocks a tile {format_ms(ms)}", flush=True)
+            usable = [(c, t) for c, t in measured if t is not None]
+            if len({c for c, _ in usable}) >= 2:
+                tile_us, block_us = fit_tile_and_block_us(
+                    [c for c, _ in usable], [t for _, t in usable], waves
+                )
+                fits[name] = {"tile_us": tile_us, "block_us": block_us}
+                print(
+                    f"{name:15s} fit: {format_number(tile_us, '.2f')} us per tile + "
+                    f"{format_number(block_us, '.3f')} us per block ({waves:.1f} waves)",
+                    flush=True,
+                )
     write_result(
         args.out,
         seq_len=args.seq_len,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench import kernel_tile_cost
 from bench.kernel_tile_cost import (
     LAYOUTS,
     fit_tile_and_block_us,
@@ -68,3 +69,12 @@ def test_the_fit_recovers_a_known_tile_and_block_cost() -> None:
     assert block_us == pytest.approx(1.706)
     with pytest.raises(ValueError, match="two different block counts"):
         fit_tile_and_block_us([8, 8], [1.0, 1.1], waves)
+
+
+def test_an_unknown_schedule_is_refused_before_the_kernel_loads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        kernel_tile_cost.main(["--schedules", "plain,pingpong"])
+    assert exit_info.value.code == 2
+    assert "unknown schedules ['pingpong']" in capsys.readouterr().err
