@@ -24,6 +24,7 @@ boundary itself. Timed from CUDA graphs under a sustained load
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     tiles = args.heads * -(-args.seq_len // ops.BLOCK_SIZE)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     waves = tiles / sms
-    sides = {}
+    sides: dict[str, Callable[[], object]] = {}
     for layout in layouts:
         for count in counts:
             mask = fixed_count_mask(layout, args.heads, args.seq_len, count, seed=args.seq_len)
