@@ -5,9 +5,10 @@
 # bench/kernel.py for base and the variants alternated, twice per head dim, writing JSON and a
 # log under OUT, and last the variant/base ratios (`python -m bench.kernel_ab_summary OUT`).
 #
-#   [SANITIZE=1|NAME,...] [KERNEL_TESTS=0] [SIDE_BY_SIDE=1 [PASSES=N]] bash bench/kernel_ab.sh \
-#     PATCH[,PATCH...] [MASKS] [SEQ_LENS] [HEAD_DIMS]
-#   (NAME: a patch's file name without .patch, or base; KERNEL_TESTS, SIDE_BY_SIDE: below)
+#   [SANITIZE=1|NAME,...] [KERNEL_TESTS=0] [SIDE_BY_SIDE=1 [PASSES=N] [TILE_COST=1]] \
+#     bash bench/kernel_ab.sh PATCH[,PATCH...] [MASKS] [SEQ_LENS] [HEAD_DIMS]
+#   (NAME: a patch's file name without .patch, or base; KERNEL_TESTS, SIDE_BY_SIDE, TILE_COST:
+#   below)
 #
 # Needs .whl/ and .carry/ in the repository root (bench/device_env.sh installs them; `python -m
 # bench.device_carry` prepares both to carry), unless SAS_CUTLASS_INCLUDE is set already.
@@ -162,6 +163,23 @@ if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
     fi
   done
   [ ${#variant_args[@]} -gt 0 ] || { say "no variant left to benchmark"; exit 1; }
+  # TILE_COST=1: first `python -m bench.kernel_tile_cost` on the same sides in one process, at
+  # D128: each side's cost per tile and per block, fitted on masks of 4-32 random blocks a tile
+  # at S16K and 2-16 at S4K, both schedules (run 14: 2.80 us per tile at S16K, L2 or not).
+  # PASSES=0 leaves out the five-mask passes after it.
+  if [ "${TILE_COST:-0}" = 1 ]; then
+    for tile_case in "16384 4,8,16,32" "4096 2,4,8,16"; do
+      read -r tile_seq_len tile_blocks <<<"$tile_case"
+      say "tile cost, S$tile_seq_len"
+      (cd "$repo" && PYTHONPATH="$work/site-base:$repo:${PYTHONPATH:-}" timeout -s KILL 150 \
+        python3 -m bench.kernel_tile_cost --library "$(library base)" "${variant_args[@]}" \
+        --seq-len "$tile_seq_len" --head-dim 128 --blocks "$tile_blocks" --layouts random \
+        --schedules plain,carried --out "$out/tile-cost-s$tile_seq_len.json" \
+        >"$out/tile-cost-s$tile_seq_len.txt" 2>&1) \
+        || say "tile cost S$tile_seq_len failed: $(tail -1 "$out/tile-cost-s$tile_seq_len.txt")"
+      grep -E " fit: " "$out/tile-cost-s$tile_seq_len.txt" || true
+    done
+  fi
   for pass in $(seq "${PASSES:-1}"); do
     say "side by side, pass $pass"
     (cd "$repo" && PYTHONPATH="$work/site-base:$repo:${PYTHONPATH:-}" timeout -s KILL 500 \

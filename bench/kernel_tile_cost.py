@@ -15,10 +15,12 @@ waves = tiles / SMs, is fitted by least squares. The schedule model (bench.sched
 fits 4.27 us per tile at D128 on bench.kernel's masks; if `shared` and `band` fit a much
 smaller per-tile cost than `random`, that cost is the loads at a tile's start, not the tile
 boundary itself. Timed from CUDA graphs under a sustained load
-(bench.kernel.time_sustained_graphs_ms), one library.
+(bench.kernel.time_sustained_graphs_ms), base and any `--variant` libraries (built with their
+own op namespace, as for bench.kernel_variants) in one process.
 
     python -m bench.kernel_tile_cost --seq-len 16384 --head-dim 128 --blocks 4,8,16,32 \\
-        --schedules plain,carried --out bench/results/tile-cost.json
+        --schedules plain,carried [--variant TREE/build/sas_kernels_sas_v1.so] \\
+        --out bench/results/tile-cost.json
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +42,7 @@ from bench.kernel import (
     time_sustained_graphs_ms,
     write_result,
 )
+from bench.kernel_variants import variant_namespace
 from sas_runtime.block_mask import BlockMask, ElementMask
 from sas_runtime.kernels import ops
 
@@ -110,14 +114,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", default="4,8,16,32", help="blocks per tile, comma-separated")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--schedules", default="plain", help="plain, carried or both")
+    parser.add_argument(
+        "--variant",
+        type=Path,
+        action="append",
+        default=[],
+        help="a variant library (bench.kernel_variants), timed beside base",
+    )
     add_kernel_arguments(parser)
     args = parser.parse_args(argv)
     schedules = args.schedules.split(",")
     unknown = set(schedules) - set(SCHEDULES)
     if unknown:
         parser.error(f"unknown schedules {sorted(unknown)}; known: {list(SCHEDULES)}")
+    try:
+        variants = {variant_namespace(path): path for path in args.variant}
+    except ValueError as error:
+        parser.error(str(error))
     if not load_kernel(args.library):
         return 1
+    for path in variants.values():
+        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
+    kernels = {"base": "sas", **{namespace: namespace for namespace in variants}}
     counts = [int(c) for c in args.blocks.split(",")]
     layouts = args.layouts.split(",")
     q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
@@ -129,48 +147,49 @@ def main(argv: list[str] | None = None) -> int:
         for count in counts:
             mask = fixed_count_mask(layout, args.heads, args.seq_len, count, seed=args.seq_len)
             for schedule in schedules:
-                sides[f"{layout}-{count}-{schedule}"] = partial(
-                    ops.block_sparse_attention,
-                    q,
-                    k,
-                    v,
-                    block_mask=mask,
-                    carry_last_product=SCHEDULES[schedule],
+                arguments = ops.op_arguments(
+                    q, k, v, block_mask=mask, carry_last_product=SCHEDULES[schedule]
                 )
+                for kernel, namespace in kernels.items():
+                    op = getattr(torch.ops, namespace).block_sparse_attention_fwd
+                    sides[f"{kernel}/{layout}-{count}-{schedule}"] = partial(op, *arguments)
     times = time_sustained_graphs_ms(sides)
     rows: list[dict[str, Any]] = []
     fits: dict[str, dict[str, float]] = {}
-    for layout in layouts:
-        for schedule in schedules:
-            name = f"{layout}-{schedule}"
-            measured = [(c, times[f"{layout}-{c}-{schedule}"]) for c in counts]
-            for count, ms in measured:
-                rows.append(
-                    {
-                        "layout": layout,
-                        "schedule": schedule,
-                        "blocks_per_tile": count,
-                        "graph_ms": ms,
-                    }
-                )
-                print(f"{name:15s} {count:3d} blocks a tile {format_ms(ms)}", flush=True)
-            usable = [(c, t) for c, t in measured if t is not None]
-            if len({c for c, _ in usable}) >= 2:
-                tile_us, block_us = fit_tile_and_block_us(
-                    [c for c, _ in usable], [t for _, t in usable], waves
-                )
-                fits[name] = {"tile_us": tile_us, "block_us": block_us}
-                print(
-                    f"{name:15s} fit: {format_number(tile_us, '.2f')} us per tile + "
-                    f"{format_number(block_us, '.3f')} us per block ({waves:.1f} waves)",
-                    flush=True,
-                )
+    for kernel in kernels:
+        for layout in layouts:
+            for schedule in schedules:
+                name = f"{kernel}/{layout}-{schedule}"
+                measured = [(c, times[f"{kernel}/{layout}-{c}-{schedule}"]) for c in counts]
+                for count, ms in measured:
+                    rows.append(
+                        {
+                            "kernel": kernel,
+                            "layout": layout,
+                            "schedule": schedule,
+                            "blocks_per_tile": count,
+                            "graph_ms": ms,
+                        }
+                    )
+                    print(f"{name:24s} {count:3d} blocks a tile {format_ms(ms)}", flush=True)
+                usable = [(c, t) for c, t in measured if t is not None]
+                if len({c for c, _ in usable}) >= 2:
+                    tile_us, block_us = fit_tile_and_block_us(
+                        [c for c, _ in usable], [t for _, t in usable], waves
+                    )
+                    fits[name] = {"tile_us": tile_us, "block_us": block_us}
+                    print(
+                        f"{name:24s} fit: {format_number(tile_us, '.2f')} us per tile + "
+                        f"{format_number(block_us, '.3f')} us per block ({waves:.1f} waves)",
+                        flush=True,
+                    )
     write_result(
         args.out,
         seq_len=args.seq_len,
         head_dim=args.head_dim,
         heads=args.heads,
         multiprocessors=sms,
+        variants={namespace: str(path) for namespace, path in variants.items()},
         rows=rows,
         fits=fits,
     )

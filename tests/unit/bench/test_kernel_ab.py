@@ -54,6 +54,10 @@ elif args[:2] == ["-m", "bench.kernel_variants"]:
     out.write_text(json.dumps({{"rows": [], "variants": args[args.index("--variant") + 1]}}))
     print("S=4096 stub side by side")
     print("geometric mean over base: sas_v1 0.990")
+elif args[:2] == ["-m", "bench.kernel_tile_cost"]:
+    out = pathlib.Path(args[args.index("--out") + 1])
+    out.write_text(json.dumps({{"rows": [], "fits": {{}}}}))
+    print("sas_v1/random-plain fit: 2.80 us per tile + 1.855 us per block (31.0 waves)")
 elif args[:2] == ["-m", "bench.kernel_ab_summary"]:
     sys.exit(subprocess.call([{sys.executable!r}, *args]))
 else:
@@ -214,3 +218,30 @@ def test_kernel_tests_can_be_skipped_and_side_by_side_passes_repeated(
         "side-by-side-pass1.json",
         "side-by-side-pass2.json",
     ]
+
+
+def test_tile_cost_runs_on_the_side_by_side_libraries_before_the_passes(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    good = _patch(tmp_path, "kernel-good", "tests/GOOD_MARKER")
+    env = {**stubs, "SIDE_BY_SIDE": "1", "TILE_COST": "1", "PASSES": "0"}
+    result = _ab(env, str(good), "causal", "4096", "128")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
+    tile_cost = [line for line in calls if line.startswith("-m bench.kernel_tile_cost ")]
+    assert len(tile_cost) == 2  # S16K and S4K, every side in one process each
+    assert "--seq-len 16384" in tile_cost[0]
+    assert "--blocks 4,8,16,32" in tile_cost[0]
+    assert "--seq-len 4096" in tile_cost[1]
+    for line in tile_cost:
+        assert "sas_kernels_sas_v0.so" in line
+        assert "sas_kernels_sas_v1.so" in line
+        assert "--schedules plain,carried" in line
+        assert Path(line.split(" | ")[1]).name == "site-base"
+    assert "2.80 us per tile" in result.stdout
+    out = Path(stubs["OUT"])
+    assert sorted(p.name for p in out.glob("tile-cost-*.json")) == [
+        "tile-cost-s16384.json",
+        "tile-cost-s4096.json",
+    ]
+    assert not any(line.startswith("-m bench.kernel_variants ") for line in calls)  # PASSES=0

@@ -78,3 +78,12 @@ def test_an_unknown_schedule_is_refused_before_the_kernel_loads(
         kernel_tile_cost.main(["--schedules", "plain,pingpong"])
     assert exit_info.value.code == 2
     assert "unknown schedules ['pingpong']" in capsys.readouterr().err
+
+
+def test_a_variant_without_its_own_namespace_is_refused_before_the_kernel_loads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        kernel_tile_cost.main(["--variant", "build/sas_kernels.so"])
+    assert exit_info.value.code == 2
+    assert "not a variant library" in capsys.readouterr().err
