@@ -4,7 +4,8 @@
         python3 -m bench.kernel_case --mask random-0.25 --seq-len 16384 --head-dim 128
 
 The inputs and mask are bench.kernel's for that row (same seeds), so the profile is of a row
-the result JSON times. Prints the kernel's time per launch (from CUDA events, profiler
+the result JSON times. A mask named `fixed-LAYOUT-N` is bench.kernel_tile_cost's instead: N
+blocks in every tile, laid out as LAYOUT (random, shared or band). Prints the kernel's time per launch (from CUDA events, profiler
 overhead included when one is attached).
 """
 
@@ -15,7 +16,16 @@ from functools import partial
 from pathlib import Path
 
 from bench.kernel import inputs_for, load_kernel, masks_for, queued_ms
+from bench.kernel_tile_cost import LAYOUTS, fixed_count_mask
 from sas_runtime.kernels import ops
+
+
+def parse_fixed_mask(name: str) -> tuple[str, int]:
+    """`fixed-LAYOUT-N` -> (LAYOUT, N)."""
+    parts = name.split("-")
+    if len(parts) != 3 or parts[1] not in LAYOUTS or not parts[2].isdigit():
+        raise ValueError(f"{name}: expected fixed-LAYOUT-N with LAYOUT one of {list(LAYOUTS)}")
+    return parts[1], int(parts[2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launches", type=int, default=4)
     parser.add_argument("--library", type=Path, default=None, help="compiled extension")
     args = parser.parse_args(argv)
+    fixed = None
+    if args.mask.startswith("fixed-"):
+        try:
+            fixed = parse_fixed_mask(args.mask)
+        except ValueError as error:
+            parser.error(str(error))
 
     if not load_kernel(args.library):
         return 1
     q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
-    mask = masks_for(args.heads, args.seq_len, [args.mask])[args.mask]
+    if fixed is not None:
+        layout, count = fixed
+        mask = fixed_count_mask(layout, args.heads, args.seq_len, count, seed=args.seq_len)
+    else:
+        mask = masks_for(args.heads, args.seq_len, [args.mask])[args.mask]
     per_launch = queued_ms(
         partial(ops.block_sparse_attention, q, k, v, block_mask=mask), args.launches
     )
