@@ -38,11 +38,10 @@ from bench.kernel import (
     format_ms,
     format_number,
     inputs_for,
-    load_kernel,
     time_sustained_graphs_ms,
     write_result,
 )
-from bench.kernel_variants import variant_namespace
+from bench.kernel_variants import load_base_and_variants
 from sas_runtime.block_mask import BlockMask, ElementMask
 from sas_runtime.kernels import ops
 
@@ -127,14 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(schedules) - set(SCHEDULES)
     if unknown:
         parser.error(f"unknown schedules {sorted(unknown)}; known: {list(SCHEDULES)}")
-    try:
-        variants = {variant_namespace(path): path for path in args.variant}
-    except ValueError as error:
-        parser.error(str(error))
-    if not load_kernel(args.library):
+    variants = load_base_and_variants(parser, args.library, args.variant)
+    if variants is None:
         return 1
-    for path in variants.values():
-        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
     kernels = {"base": "sas", **{namespace: namespace for namespace in variants}}
     counts = [int(c) for c in args.blocks.split(",")]
     layouts = args.layouts.split(",")

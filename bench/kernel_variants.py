@@ -56,6 +56,23 @@ def variant_namespace(library: Path) -> str:
     return match["namespace"]
 
 
+def load_base_and_variants(
+    parser: argparse.ArgumentParser, library: Path | None, variants: list[Path]
+) -> dict[str, Path] | None:
+    """Loads base (`library`) and each variant library; returns the variants by op namespace,
+    or None if base cannot load. A variant not built under a namespace of its own is a usage
+    error, reported before anything loads."""
+    try:
+        namespaces = {variant_namespace(path): path for path in variants}
+    except ValueError as error:
+        parser.error(str(error))
+    if not load_kernel(library):
+        return None
+    for path in namespaces.values():
+        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
+    return namespaces
+
+
 def summarise(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, float | None]:
     """Each variant's geometric mean of time over base, over the rows where both were timed."""
     summary: dict[str, float | None] = {}
@@ -109,14 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masks", default=",".join(MASK_NAMES))
     add_kernel_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        namespaces = {variant_namespace(path): path for path in args.variant}
-    except ValueError as error:
-        parser.error(str(error))
-    if not load_kernel(args.library):
+    namespaces = load_base_and_variants(parser, args.library, args.variant)
+    if namespaces is None:
         return 1
-    for path in namespaces.values():
-        torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
 
     rows: list[dict[str, Any]] = []
     for problem in problems(args.seq_lens, args.head_dims, args.heads, args.masks):
