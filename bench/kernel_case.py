@@ -5,8 +5,8 @@
 
 The inputs and mask are bench.kernel's for that row (same seeds), so the profile is of a row
 the result JSON times. A mask named `fixed-LAYOUT-N` is bench.kernel_tile_cost's instead: N
-blocks in every tile, laid out as LAYOUT (random, shared or band). Prints the kernel's time per launch (from CUDA events, profiler
-overhead included when one is attached).
+blocks in every tile, laid out as LAYOUT (random, shared or band). Prints the kernel's time
+per launch (from CUDA events, profiler overhead included when one is attached).
 """
 
 from __future__ import annotations
