@@ -1,6 +1,7 @@
-// Epilogue: the normalised output tile goes through shared memory and leaves by one TMA store
-// (rows past q_len are clipped by the tensor's bounds); the per-row log-sum-exp is stored
-// directly.
+// Epilogue: the normalised output tile goes through shared memory and leaves by TMA stores, one
+// per consumer warpgroup for its own 64 rows, so that neither warpgroup waits for the other at
+// a tile's end (rows past q_len are clipped by the tensor's bounds); the per-row log-sum-exp is
+// stored directly.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -13,7 +14,8 @@ namespace sas {
 
 using namespace cute;
 
-// The consumer warpgroups' named barrier (an id past CUTLASS's reserved ones).
+// The first of the consumer warpgroups' named barriers, one per warpgroup (ids past CUTLASS's
+// reserved ones).
 constexpr int kEpilogueBarrier = 1;
 
 // `out` is a thread's output accumulator, stored as `out * row_scale` per row; `tiled_pv` the
@@ -27,7 +29,10 @@ CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
                               BlockSparseFwdParams const& p, int m_block, int head, int batch,
                               int thread) {
   using Element = typename Traits::Element;
-  const bool issuer = thread == 0;
+  constexpr int kWarpgroupRows = Traits::kRowsPerWarpgroup;
+  const int warpgroup = thread / 128;
+  const int barrier = kEpilogueBarrier + warpgroup;
+  const bool issuer = thread % 128 == 0;
   Tensor sO = make_tensor(make_smem_ptr(smem.o.data()), typename Traits::SmemLayoutO{});
   // stmatrix: each warp writes 8x8 blocks of the fragment to the swizzled tile.
   auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, tiled_pv);
@@ -42,22 +47,25 @@ CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
       converted_rc(r, c) = Element(out_rc(r, c) * row_scale[r]);
     }
   }
-  // The previous tile's store must have read the buffer before it is written again.
+  // The warpgroup's previous store must have read its half before it is written again.
   if (issuer) {
     tma_store_wait<0>();
   }
-  cutlass::arch::NamedBarrier::arrive_and_wait(Traits::kConsumerThreads, kEpilogueBarrier);
+  cutlass::arch::NamedBarrier::arrive_and_wait(128, barrier);
   copy(smem_copy, thr_copy.retile_S(converted), thr_copy.partition_D(sO));
   cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
-  cutlass::arch::NamedBarrier::arrive_and_wait(Traits::kConsumerThreads, kEpilogueBarrier);
+  cutlass::arch::NamedBarrier::arrive_and_wait(128, barrier);
   if (issuer) {
+    Tensor sO_half = make_tensor(make_smem_ptr(smem.o.data() + warpgroup * kWarpgroupRows *
+                                                                   Traits::kHeadDim),
+                                 typename Traits::SmemLayoutOHalf{});
     Tensor mO =
         tma_o.get_tma_tensor(make_shape(p.q_len, Int<Traits::kHeadDim>{}, p.heads, p.batch));
     Tensor gO = local_tile(mO(_, _, head, batch),
-                           Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{},
-                           make_coord(m_block, 0));
+                           Shape<Int<kWarpgroupRows>, Int<Traits::kHeadDim>>{},
+                           make_coord(m_block * Traits::kWarpgroups + warpgroup, 0));
     auto cta_tma = tma_o.get_slice(0);
-    copy(tma_o, cta_tma.partition_S(sO), cta_tma.partition_D(gO));
+    copy(tma_o, cta_tma.partition_S(sO_half), cta_tma.partition_D(gO));
     tma_store_arrive();
   }
 
@@ -74,9 +82,9 @@ CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
   }
 }
 
-// Before the consumers exit: the last TMA store has read shared memory.
+// Before the consumers exit: each warpgroup's last TMA store has read shared memory.
 CUTE_DEVICE void finish_output_stores(int thread) {
-  if (thread == 0) {
+  if (thread % 128 == 0) {
     tma_store_wait<0>();
   }
 }

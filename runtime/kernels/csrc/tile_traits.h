@@ -75,9 +75,13 @@ struct TileTraits {
       make_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
                   Stride<Int<kBlockN>, _1, Int<kBlockN * kHeadDim>>{})));
 
-  // The output tile staged for the TMA store, swizzled like Q.
-  using SmemLayoutO = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
-                                             Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  // The output tile staged for the TMA stores, swizzled like Q: each consumer warpgroup's 64
+  // rows are one contiguous (64, D) half, stored on its own.
+  static constexpr int kRowsPerWarpgroup = kBlockM / kWarpgroups;
+  using SmemLayoutOHalf = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                                 Shape<Int<kRowsPerWarpgroup>, Int<kHeadDim>>{}));
+  using SmemLayoutO =
+      decltype(tile_to_shape(SmemLayoutOHalf{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
@@ -140,8 +144,8 @@ struct TileTraits {
   }
 
   static auto make_tma_o(const BlockSparseFwdParams& p) {
-    return make_tma_copy(SM90_TMA_STORE{}, gmem_o(p), SmemLayoutO{},
-                         Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+    return make_tma_copy(SM90_TMA_STORE{}, gmem_o(p), SmemLayoutOHalf{},
+                         Shape<Int<kRowsPerWarpgroup>, Int<kHeadDim>>{}, _1{});
   }
 
   using TmaQ = decltype(make_tma_q(std::declval<BlockSparseFwdParams>()));
