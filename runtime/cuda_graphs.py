@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import gc
 import itertools
 import logging
 import time
@@ -177,6 +178,10 @@ class GraphedForward:
         """Capture every bucket (largest first, one shared memory pool); a bucket whose capture
         fails is logged and left to run eagerly."""
         torch.cuda.synchronize(self._device)
+        # torch.cuda.graph empties the allocator's cache on entry; empty it before the baseline
+        # too, or memory cached before capture (warm-up's, a test's) would count against it.
+        gc.collect()
+        torch.cuda.empty_cache()
         reserved = torch.cuda.memory_reserved(self._device)
         started = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
