@@ -23,7 +23,7 @@ import statistics
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ def write_result(out: Path | None, **fields: object) -> None:
     if out is None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"environment": environment([sys.executable, *sys.argv]), **fields}
+    result = {"environment": this_run_environment(), **fields}
     out.write_text(json.dumps(result, indent=1))
 
 
@@ -251,6 +251,13 @@ def environment(command: list[str]) -> dict[str, Any]:
     }
 
 
+@cache
+def this_run_environment() -> dict[str, Any]:
+    """This process's environment, taken once: a result rewritten after every row keeps the
+    date its run started."""
+    return environment([sys.executable, *sys.argv])
+
+
 def inputs_for(seq_len: int, head_dim: int, heads: int) -> tuple[torch.Tensor, ...]:
     """q, k, v of one benchmark shape (batch 1, bfloat16), seeded by the shape so that every
     run, and bench.kernel_case's profiled launch, sees the same data."""
@@ -406,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if not load_kernel(args.library):
         return 1
     result: dict[str, Any] = {
-        "environment": environment([sys.executable, *sys.argv]),
+        "environment": this_run_environment(),
         "rows": [],
     }
     for head_dim in (int(d) for d in args.head_dims.split(",")):
