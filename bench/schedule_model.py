@@ -14,6 +14,11 @@ the per-tile and per-block costs that best explain a `bench.kernel` result's gra
 
     python -m bench.schedule_model [--masks global-window,causal] [--seq-lens 4096,16384]
     python -m bench.schedule_model --fit bench/results/.../NAME.json [--head-dim 64]
+    python -m bench.schedule_model --split-last-wave [--combine-us 0.4] [--min-chunk-blocks 4]
+
+`--split-last-wave` prices a split-KV tail on the kernel's order: where the last wave would
+leave SMs idle, its tiles go to several CTAs each, and a combine of their partial outputs
+follows (`last_wave_split`).
 """
 
 from __future__ import annotations
@@ -105,6 +110,35 @@ def makespan(costs: Sequence[float], workers: int) -> float:
     return max(free_at)
 
 
+def last_wave_split(counts: Sequence[int], sms: int, min_chunk_blocks: int) -> list[list[int]]:
+    """Each tile's key blocks in chunks, where the last wave is split: the last R tiles of the
+    order (R = tiles mod SMs, when some SMs would otherwise idle through that wave) each go to
+    sms // R CTAs as near-equal key ranges of at least `min_chunk_blocks`, and every other tile
+    stays whole."""
+    tail = len(counts) % sms
+    chunks = [[count] for count in counts]
+    if tail == 0 or len(counts) < sms:
+        return chunks
+    for i in range(len(counts) - tail, len(counts)):
+        pieces = max(1, min(sms // tail, counts[i] // min_chunk_blocks))
+        chunks[i] = [counts[i] // pieces + (p < counts[i] % pieces) for p in range(pieces)]
+    return chunks
+
+
+def split_costs(
+    chunks: Sequence[Sequence[int]], tile_us: float, block_us: float, combine_us: float
+) -> list[float]:
+    """The work items of `last_wave_split`, in order: each chunk costs a tile's start and its
+    blocks; a split tile's last chunk also combines every chunk's partial output (`combine_us`
+    per chunk read), which it can do only once the others are written."""
+    costs = []
+    for pieces in chunks:
+        costs += [tile_us + count * block_us for count in pieces]
+        if len(pieces) > 1:
+            costs[-1] += combine_us * len(pieces)
+    return costs
+
+
 def visited_blocks(mask: BlockMask, heads: int) -> torch.Tensor:
     """[heads, query blocks] key blocks each tile visits (batch 1)."""
     counts = mask.kv_num_blocks + mask.full_kv_num_blocks
@@ -171,9 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-us", type=float, default=1.7)
     parser.add_argument("--fit", type=Path, help="a bench.kernel result JSON to fit costs to")
     parser.add_argument("--head-dim", type=int, default=128, help="the rows --fit uses")
+    parser.add_argument(
+        "--split-last-wave",
+        action="store_true",
+        help="the kernel's order, whole and with its last wave split (last_wave_split)",
+    )
+    parser.add_argument("--combine-us", type=float, default=0.4, help="per chunk combined")
+    parser.add_argument("--min-chunk-blocks", type=int, default=4)
     args = parser.parse_args(argv)
     if args.fit is not None:
         return fit(args.fit, args.head_dim, args.sms)
+    if args.split_last_wave:
+        return print_last_wave_split(args)
     names = args.masks.split(",")
     print("makespan in us (x ideal, mean heads per wave of tiles)")
     print("mask            S       ideal us  " + "  ".join(f"{o:>31}" for o in ORDERS))
@@ -192,6 +235,34 @@ def main(argv: list[str] | None = None) -> int:
                 spread = heads_in_flight(tiles, args.sms)
                 cells.append(f"{span:10.1f} ({span / ideal:5.3f} x, {spread:4.1f} heads)")
             print(f"{name:14s} {seq_len:6d} {ideal:10.1f}  " + "  ".join(cells))
+    return 0
+
+
+def print_last_wave_split(args: argparse.Namespace) -> int:
+    print(
+        f"the kernel's order, {args.sms} SMs, {args.tile_us} us per tile + {args.block_us} us "
+        f"per block; last wave split into chunks of >= {args.min_chunk_blocks} blocks, "
+        f"{args.combine_us} us per chunk combined"
+    )
+    print("mask            S       ideal us   whole us (x ideal)   split us (x ideal)  split/whole")
+    for seq_len in map(int, args.seq_lens.split(",")):
+        for name, mask in masks_for(
+            args.heads, seq_len, args.masks.split(","), device="cpu"
+        ).items():
+            blocks = visited_blocks(mask, args.heads)
+            counts = [int(blocks[tile]) for tile in kernel_order(mask, args.heads, args.sms)]
+            chunks = last_wave_split(counts, args.sms, args.min_chunk_blocks)
+            ideal = (len(counts) * args.tile_us + sum(counts) * args.block_us) / args.sms
+            whole = makespan(
+                split_costs([[c] for c in counts], args.tile_us, args.block_us, 0), args.sms
+            )
+            split = makespan(
+                split_costs(chunks, args.tile_us, args.block_us, args.combine_us), args.sms
+            )
+            print(
+                f"{name:14s} {seq_len:6d} {ideal:10.1f} {whole:10.1f} ({whole / ideal:5.3f} x) "
+                f"{split:10.1f} ({split / ideal:5.3f} x) {split / whole:10.3f}"
+            )
     return 0
 
 

@@ -17,10 +17,12 @@ from bench.schedule_model import (
     global_rows_first,
     heads_in_flight,
     kernel_order,
+    last_wave_split,
     length_classes_first,
     length_classes_per_4_heads,
     makespan,
     span_in_blocks,
+    split_costs,
     visited_blocks,
 )
 from sas_runtime.kernels.ops import long_tiles_first_order
@@ -138,3 +140,25 @@ def test_fit_reads_a_bench_result_and_prints_each_row(
     assert out.count(" 1.000\n") == 2
     with pytest.raises(SystemExit, match="no D32 row"):
         fit(result, head_dim=32, sms=16)
+
+
+def test_the_last_wave_split_spreads_its_tiles_over_the_idle_sms() -> None:
+    # 10 tiles on 4 SMs: the last two go two ways each, in near-equal key ranges.
+    chunks = last_wave_split([8] * 9 + [7], sms=4, min_chunk_blocks=2)
+    assert chunks[:8] == [[8]] * 8
+    assert chunks[8:] == [[4, 4], [4, 3]]
+    # No chunk below the minimum; a whole last wave, or one wave or less, is left alone.
+    assert last_wave_split([8] * 9 + [3], sms=4, min_chunk_blocks=2)[9] == [3]
+    assert last_wave_split([8] * 8, sms=4, min_chunk_blocks=2) == [[8]] * 8
+    assert last_wave_split([8] * 3, sms=4, min_chunk_blocks=2) == [[8]] * 3
+
+
+def test_a_split_last_wave_ends_sooner_when_its_tiles_are_long() -> None:
+    counts = [128] * 9  # two full waves on 4 SMs and one tile alone in the third
+    whole = makespan(split_costs([[c] for c in counts], 3.0, 1.8, 0.4), 4)
+    assert whole == 3 * (3.0 + 128 * 1.8)
+    chunks = last_wave_split(counts, sms=4, min_chunk_blocks=4)
+    assert chunks[-1] == [32] * 4
+    split = makespan(split_costs(chunks, 3.0, 1.8, 0.4), 4)
+    # The combining chunk ends last: its own blocks, then four partial outputs read.
+    assert split == pytest.approx(2 * (3.0 + 128 * 1.8) + 3.0 + 32 * 1.8 + 4 * 0.4)
