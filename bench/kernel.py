@@ -412,18 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not load_kernel(args.library):
         return 1
-    result: dict[str, Any] = {
-        "environment": this_run_environment(),
-        "rows": [],
-    }
+    this_run_environment()  # taken now: the result's date is when the run started
+    rows: list[dict[str, Any]] = []
     for head_dim in (int(d) for d in args.head_dims.split(",")):
         for seq_len in (int(s) for s in args.seq_lens.split(",")):
-            result["rows"] += bench_shape(
+            rows += bench_shape(
                 seq_len, head_dim, args.heads, args.masks.split(","), not args.no_flex
             )
-            if args.out is not None:  # after every shape, so a cut-short run keeps its rows
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(result, indent=1))
+            write_result(args.out, rows=rows)  # after every shape: a cut-short run keeps its rows
     return 0
 
 
