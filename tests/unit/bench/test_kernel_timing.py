@@ -100,11 +100,13 @@ def test_a_side_that_cannot_be_captured_is_none_and_the_others_are_still_timed(
 
 
 def test_a_result_is_written_with_its_environment_first_and_only_when_asked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     taken = iter(range(2))
     monkeypatch.setattr(kernel, "environment", lambda command: {"taken": next(taken)})
     kernel.this_run_environment.cache_clear()
+    # Cleared again however the test ends, so no later test reads this fake environment.
+    request.addfinalizer(kernel.this_run_environment.cache_clear)
     out = tmp_path / "results" / "r.json"
     kernel.write_result(out, rows=[{"mask": "causal"}], summary=0.99)
     written = json.loads(out.read_text())
@@ -114,7 +116,6 @@ def test_a_result_is_written_with_its_environment_first_and_only_when_asked(
     kernel.write_result(out, rows=[{"mask": "causal"}, {"mask": "window-1024"}])
     assert json.loads(out.read_text())["environment"] == {"taken": 0}
     kernel.write_result(None, rows=[])  # no --out: nothing to write, no error
-    kernel.this_run_environment.cache_clear()
 
 
 def test_problems_draw_inputs_once_per_shape_and_go_through_every_mask(
