@@ -139,6 +139,11 @@ def split_costs(
     return costs
 
 
+def ideal_us(counts: Sequence[float], tile_us: float, block_us: float, sms: int) -> float:
+    """The makespan with the work spread evenly: every tile's start and blocks over the SMs."""
+    return (len(counts) * tile_us + sum(counts) * block_us) / sms
+
+
 def visited_blocks(mask: BlockMask, heads: int) -> torch.Tensor:
     """[heads, query blocks] key blocks each tile visits (batch 1)."""
     counts = mask.kv_num_blocks + mask.full_kv_num_blocks
@@ -195,28 +200,7 @@ def fit(result: Path, head_dim: int, sms: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-lens", default="4096,16384,32768")
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--masks", default=",".join(MASK_NAMES))
-    parser.add_argument("--sms", type=int, default=132)
-    parser.add_argument("--tile-us", type=float, default=3.8)
-    parser.add_argument("--block-us", type=float, default=1.7)
-    parser.add_argument("--fit", type=Path, help="a bench.kernel result JSON to fit costs to")
-    parser.add_argument("--head-dim", type=int, default=128, help="the rows --fit uses")
-    parser.add_argument(
-        "--split-last-wave",
-        action="store_true",
-        help="the kernel's order, whole and with its last wave split (last_wave_split)",
-    )
-    parser.add_argument("--combine-us", type=float, default=0.4, help="per chunk combined")
-    parser.add_argument("--min-chunk-blocks", type=int, default=4)
-    args = parser.parse_args(argv)
-    if args.fit is not None:
-        return fit(args.fit, args.head_dim, args.sms)
-    if args.split_last_wave:
-        return print_last_wave_split(args)
+def print_orders(args: argparse.Namespace) -> int:
     names = args.masks.split(",")
     print("makespan in us (x ideal, mean heads per wave of tiles)")
     print("mask            S       ideal us  " + "  ".join(f"{o:>31}" for o in ORDERS))
@@ -227,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             if mask.element_mask.window is None or mask.element_mask.causal:
                 global_m_blocks = 0
             cost = blocks.double() * args.block_us + args.tile_us
-            ideal = float(cost.sum()) / args.sms
+            ideal = ideal_us(blocks.flatten().tolist(), args.tile_us, args.block_us, args.sms)
             cells = []
             for order in ORDERS.values():
                 tiles = order(blocks, global_m_blocks)
@@ -252,7 +236,7 @@ def print_last_wave_split(args: argparse.Namespace) -> int:
             blocks = visited_blocks(mask, args.heads)
             counts = [int(blocks[tile]) for tile in kernel_order(mask, args.heads, args.sms)]
             chunks = last_wave_split(counts, args.sms, args.min_chunk_blocks)
-            ideal = (len(counts) * args.tile_us + sum(counts) * args.block_us) / args.sms
+            ideal = ideal_us(counts, args.tile_us, args.block_us, args.sms)
             whole = makespan(
                 split_costs([[c] for c in counts], args.tile_us, args.block_us, 0), args.sms
             )
@@ -264,6 +248,31 @@ def print_last_wave_split(args: argparse.Namespace) -> int:
                 f"{split:10.1f} ({split / ideal:5.3f} x) {split / whole:10.3f}"
             )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="4096,16384,32768")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--masks", default=",".join(MASK_NAMES))
+    parser.add_argument("--sms", type=int, default=132)
+    parser.add_argument("--tile-us", type=float, default=3.8)
+    parser.add_argument("--block-us", type=float, default=1.7)
+    parser.add_argument("--fit", type=Path, help="a bench.kernel result JSON to fit costs to")
+    parser.add_argument("--head-dim", type=int, default=128, help="the rows --fit uses")
+    parser.add_argument(
+        "--split-last-wave",
+        action="store_true",
+        help="the kernel's order, whole and with its last wave split (last_wave_split)",
+    )
+    parser.add_argument("--combine-us", type=float, default=0.4, help="per chunk combined")
+    parser.add_argument("--min-chunk-blocks", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.fit is not None:
+        return fit(args.fit, args.head_dim, args.sms)
+    if args.split_last_wave:
+        return print_last_wave_split(args)
+    return print_orders(args)
 
 
 if __name__ == "__main__":
