@@ -105,7 +105,7 @@ def load_kernel(library: Path | None) -> bool:
     return reason is None
 
 
-def _capture(fn: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph | None:
+def capture_graph(fn: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph | None:
     """A CUDA graph of `calls` calls of `fn` (warmed on a side stream first); None if `fn`
     cannot be captured."""
     side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
@@ -129,7 +129,7 @@ def _capture(fn: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph | Non
 def time_graph_ms(fn: Callable[[], object], *, calls: int = 10, repeats: int = 5) -> float | None:
     """Median device time of one call of `fn`, replayed from a CUDA graph of `calls` calls, so
     the host's launch cost is left out; None if `fn` cannot be captured."""
-    graph = _capture(fn, calls)
+    graph = capture_graph(fn, calls)
     if graph is None:
         return None
     times = sorted(event_ms(graph.replay) / calls for _ in range(repeats))
@@ -162,11 +162,11 @@ def time_sustained_graphs_ms(
     faster at S32K). None for a side that cannot be captured."""
     graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]] = {}
     for name, fn in sides.items():
-        single = _capture(fn, 1)
+        single = capture_graph(fn, 1)
         if single is None:
             continue
         calls = max(1, min(64, math.ceil(replay_ms / max(event_ms(single.replay), 1e-3))))
-        graph = single if calls == 1 else _capture(fn, calls)
+        graph = single if calls == 1 else capture_graph(fn, calls)
         if graph is not None:
             graphs[name] = (graph, calls)
     times: dict[str, list[float]] = {name: [] for name in graphs}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.kernel import inputs_for, load_kernel, masks_for, queued_ms
 from bench.kernel_tile_cost import LAYOUTS, fixed_count_mask
+from sas_runtime.block_mask import BlockMask
 from sas_runtime.kernels import ops
 
 
@@ -28,6 +29,15 @@ def parse_fixed_mask(name: str) -> tuple[str, int]:
     return parts[1], int(parts[2])
 
 
+def case_mask(name: str, heads: int, seq_len: int) -> BlockMask:
+    """bench.kernel's mask `name` for the row, or a `fixed-LAYOUT-N` one (seeded by the length,
+    as bench.kernel_tile_cost does)."""
+    if name.startswith("fixed-"):
+        layout, count = parse_fixed_mask(name)
+        return fixed_count_mask(layout, heads, seq_len, count, seed=seq_len)
+    return masks_for(heads, seq_len, [name])[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mask", default="random-0.25")
@@ -37,21 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launches", type=int, default=4)
     parser.add_argument("--library", type=Path, default=None, help="compiled extension")
     args = parser.parse_args(argv)
-    fixed = None
     if args.mask.startswith("fixed-"):
         try:
-            fixed = parse_fixed_mask(args.mask)
+            parse_fixed_mask(args.mask)
         except ValueError as error:
             parser.error(str(error))
 
     if not load_kernel(args.library):
         return 1
     q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
-    if fixed is not None:
-        layout, count = fixed
-        mask = fixed_count_mask(layout, args.heads, args.seq_len, count, seed=args.seq_len)
-    else:
-        mask = masks_for(args.heads, args.seq_len, [args.mask])[args.mask]
+    mask = case_mask(args.mask, args.heads, args.seq_len)
     per_launch = queued_ms(
         partial(ops.block_sparse_attention, q, k, v, block_mask=mask), args.launches
     )

@@ -10,11 +10,13 @@
 # NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt, NAME-ncu.txt, NAME-ncu-stalls.txt (the main
 # case's stall reasons and tensor-pipe metrics), NAME-ncu-sass.csv (the stall samples of each
 # SASS instruction), NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and
-# NAME.ncu-rep. A step that fails is reported and the rest still run; the exit status says
-# whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
+# NAME.ncu-rep. The `trace` step (only when named) builds the kernel again with its timeline
+# on (SAS_KERNEL_TRACE=1) and runs `python -m bench.kernel_trace` on TRACE_CASE (cases as
+# NCU_CASE's, ";"-separated): NAME-trace.json, NAME-trace.txt. A step that fails is reported and
+# the rest still run; the exit status says whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
 # variant an A/B just measured can be recorded before it is committed.
 #
-#   [PATCHES=P1,P2] [STEPS=S1,S2] [NCU_CASE="MASK SEQ_LEN HEAD_DIM"] \
+#   [PATCHES=P1,P2] [STEPS=S1,S2] [NCU_CASE="MASK SEQ_LEN HEAD_DIM"] [TRACE_CASE=...] \
 #     bash bench/kernel_record.sh NAME [bench.kernel args...]
 #
 # Needs .whl/ and .carry/ in the repository root (`python -m bench.device_carry` prepares both;
@@ -79,28 +81,54 @@ fi
 if want ncu && ! command -v ncu >/dev/null; then
   say "no ncu on this machine"
 elif want ncu; then
-  # NCU_CASE="MASK SEQ_LEN HEAD_DIM" profiles another problem than the main case.
-  read -r ncu_mask ncu_seq_len ncu_head_dim <<<"${NCU_CASE:-random-0.25 16384 128}"
-  say "ncu on $ncu_mask S$ncu_seq_len D$ncu_head_dim"
-  # One profile, printed twice: the sections, and the raw stall-reason metrics (the sections
-  # print only the cycles per issued instruction, not what the warps waited on).
-  (cd "$repo" && timeout -s KILL 120 ncu --clock-control none --set full -o "$work/main-case" \
-    -k regex:block_sparse_fwd -s 2 -c 1 python3 -m bench.kernel_case --mask "$ncu_mask" \
-    --seq-len "$ncu_seq_len" --head-dim "$ncu_head_dim" >"$out/$name-ncu.txt" 2>&1 \
-    && ncu -i "$work/main-case.ncu-rep" --page details >>"$out/$name-ncu.txt" 2>&1 \
-    && ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|^ *sm__pipe_tensor" \
-    >"$out/$name-ncu-stalls.txt") || failed+=("ncu")
-  # Where the warps stall, per SASS instruction (the sampled stall reasons of each line), and
-  # the report itself for the Nsight Compute UI.
-  (ncu -i "$work/main-case.ncu-rep" --page source --csv --print-source sass \
-    >"$out/$name-ncu-sass.csv" 2>&1 \
-    && cd "$repo" && python3 -m bench.ncu_stalls "$out/$name-ncu-sass.csv" \
-    >"$out/$name-ncu-sass-stalls.txt") || failed+=("ncu source page")
-  cp "$work/main-case.ncu-rep" "$out/$name.ncu-rep" 2>/dev/null || true
-  grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$name-ncu.txt" || true
-  awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$name-ncu-stalls.txt" \
-    | sort -g -r | head -8
-  head -16 "$out/$name-ncu-sass-stalls.txt" 2>/dev/null || true
+  # NCU_CASE="MASK SEQ_LEN HEAD_DIM" profiles another problem than the main case; several,
+  # separated by ";", are profiled in turn from the one build, each file named with its case
+  # (NAME-MASK-SSEQ_LEN-DHEAD_DIM-ncu.txt) when there is more than one.
+  IFS=";" read -r -a ncu_cases <<<"${NCU_CASE:-random-0.25 16384 128}"
+  for ncu_case in "${ncu_cases[@]}"; do
+    read -r ncu_mask ncu_seq_len ncu_head_dim <<<"$ncu_case"
+    tag=$name
+    [ ${#ncu_cases[@]} -eq 1 ] || tag=$name-$ncu_mask-S$ncu_seq_len-D$ncu_head_dim
+    say "ncu on $ncu_mask S$ncu_seq_len D$ncu_head_dim"
+    # One profile, printed twice: the sections, and the raw stall-reason metrics (the sections
+    # print only the cycles per issued instruction, not what the warps waited on).
+    rm -f "$work/main-case.ncu-rep"
+    (cd "$repo" && timeout -s KILL 120 ncu --clock-control none --set full -o "$work/main-case" \
+      -k regex:block_sparse_fwd -s 2 -c 1 python3 -m bench.kernel_case --mask "$ncu_mask" \
+      --seq-len "$ncu_seq_len" --head-dim "$ncu_head_dim" >"$out/$tag-ncu.txt" 2>&1 \
+      && ncu -i "$work/main-case.ncu-rep" --page details >>"$out/$tag-ncu.txt" 2>&1 \
+      && ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|^ *sm__pipe_tensor" \
+      >"$out/$tag-ncu-stalls.txt") || failed+=("ncu $ncu_case")
+    # Where the warps stall, per SASS instruction (the sampled stall reasons of each line), and
+    # the report itself for the Nsight Compute UI.
+    (ncu -i "$work/main-case.ncu-rep" --page source --csv --print-source sass \
+      >"$out/$tag-ncu-sass.csv" 2>&1 \
+      && cd "$repo" && python3 -m bench.ncu_stalls "$out/$tag-ncu-sass.csv" \
+      >"$out/$tag-ncu-sass-stalls.txt") || failed+=("ncu source page $ncu_case")
+    cp "$work/main-case.ncu-rep" "$out/$tag.ncu-rep" 2>/dev/null || true
+    grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$tag-ncu.txt" || true
+    awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$tag-ncu-stalls.txt" \
+      | sort -g -r | head -8
+    head -16 "$out/$tag-ncu-sass-stalls.txt" 2>/dev/null || true
+  done
+fi
+
+if want trace; then
+  say "traced build"
+  if SAS_KERNEL_TRACE=1 MAX_JOBS=16 python3 -m sas_runtime.kernels.build --out "$work/traced" \
+    --op-namespace sas_trace >"$out/$name-trace-build.log" 2>&1; then
+    IFS=";" read -r -a trace_cases <<<"${TRACE_CASE:-random-0.1 4096 128}"
+    case_args=()
+    for trace_case in "${trace_cases[@]}"; do case_args+=(--case "$trace_case"); done
+    say "bench.kernel_trace on ${#trace_cases[@]} cases"
+    (cd "$repo" && timeout -s KILL 300 python3 -m bench.kernel_trace --library "$SAS_KERNEL_LIBRARY" \
+      --trace-library "$work/traced/sas_kernels_sas_trace.so" "${case_args[@]}" \
+      --out "$out/$name-trace.json" >"$out/$name-trace.txt" 2>&1) || failed+=("trace")
+    cat "$out/$name-trace.txt"
+  else
+    tail -40 "$out/$name-trace-build.log"
+    failed+=("traced build")
+  fi
 fi
 
 if want tests; then

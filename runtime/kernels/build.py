@@ -6,6 +6,8 @@ build directory, one `fwd_<dtype>_hdim<D>_sm90.cu` each, and trimmed by env knob
 
 - `SAS_KERNEL_DTYPES`: comma list of `bf16`, `fp16` (default both)
 - `SAS_KERNEL_HEAD_DIMS`: comma list of `64`, `128` (default both)
+- `SAS_KERNEL_TRACE=1`: the kernel writes its own timeline (csrc/trace.h) and the library
+  registers `last_trace()`, for bench/kernel_trace.py; never for serving
 - `SAS_CUTLASS_INCLUDE`: CUTLASS/CuTe `include/` (default: the nvidia-cutlass wheel's)
 - `CUDA_HOME`: the CUDA toolkit; when unset and torch finds none, the cuda-toolkit wheel's
   `nvidia/cu13` is used through a shim directory in the build cache (torch's builder wants
@@ -54,10 +56,11 @@ _HEAD_DIMS = (64, 128)
 
 @dataclass(frozen=True, slots=True)
 class BuildMatrix:
-    """Which (dtype, head dim) instantiations to compile."""
+    """Which (dtype, head dim) instantiations to compile, and whether they trace."""
 
     dtypes: tuple[str, ...] = ("bf16", "fp16")
     head_dims: tuple[int, ...] = _HEAD_DIMS
+    trace: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str]) -> BuildMatrix:
@@ -68,13 +71,17 @@ class BuildMatrix:
         ]
         if unknown or not dtypes or not dims:
             raise ValueError(f"unsupported kernel build matrix entries: {unknown or 'empty'}")
-        return cls(dtypes=dtypes, head_dims=dims)
+        trace = env.get("SAS_KERNEL_TRACE", "0")
+        if trace not in ("0", "1"):
+            raise ValueError(f"SAS_KERNEL_TRACE must be 0 or 1, got {trace!r}")
+        return cls(dtypes=dtypes, head_dims=dims, trace=trace == "1")
 
     def defines(self) -> list[str]:
-        """-D flags that tell the op's dispatcher which instantiations are absent."""
+        """-D flags that tell the op's dispatcher which instantiations are absent, and turn
+        the trace on."""
         off = [f"-DSAS_DISABLE_{d.upper()}" for d in _DTYPES if d not in self.dtypes]
         off += [f"-DSAS_DISABLE_HDIM{d}" for d in _HEAD_DIMS if d not in self.head_dims]
-        return off
+        return off + (["-DSAS_KERNEL_TRACE"] if self.trace else [])
 
 
 def default_build_dir() -> Path:

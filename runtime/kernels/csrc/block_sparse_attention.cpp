@@ -11,9 +11,17 @@
 #include <tuple>
 
 #include "params.h"
+#include "trace.h"
 
 namespace sas {
 namespace {
+
+#ifdef SAS_KERNEL_TRACE
+// The last call's timeline (trace.h): [CTAs, kTraceTiles + 1, kTraceEvents] int64.
+at::Tensor last_trace_tensor;
+
+at::Tensor last_trace() { return last_trace_tensor; }
+#endif
 
 void check_mask_tensor(const at::Tensor& t, const char* name, int64_t rank, const at::Tensor& q) {
   TORCH_CHECK(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
@@ -145,6 +153,12 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
       cudaMemsetAsync(tile_counter.data_ptr<int32_t>(), 0, sizeof(int32_t), stream);
   TORCH_CHECK(status == cudaSuccess, "tile counter reset: ", cudaGetErrorString(status));
   p.tile_counter = tile_counter.data_ptr<int32_t>();
+#ifdef SAS_KERNEL_TRACE
+  // One row per tile of every CTA the grid can hold (one per SM).
+  const int64_t ctas = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  last_trace_tensor = at::zeros({ctas, kTraceTiles + 1, kTraceEvents}, q.options().dtype(at::kLong));
+  p.trace = last_trace_tensor.data_ptr<int64_t>();
+#endif
 
   p.q = q.data_ptr();
   p.k = k.data_ptr();
@@ -217,6 +231,10 @@ SAS_TORCH_LIBRARY(sas, m) {
       "Tensor? document_ids, Tensor? kv_lengths, float scale, bool causal, int window, int global_tokens, "
       "Tensor? tile_order=None, bool carry_last_product=False) "
       "-> (Tensor out, Tensor lse)");
+#ifdef SAS_KERNEL_TRACE
+  // bench/kernel_trace.py: the last call's timeline, in a build with SAS_KERNEL_TRACE=1.
+  m.def("last_trace() -> Tensor", &last_trace);
+#endif
 }
 
 SAS_TORCH_LIBRARY_IMPL(sas, CUDA, m) {

@@ -21,6 +21,7 @@
 #include "softmax.h"
 #include "tile_scheduler.h"
 #include "tile_traits.h"
+#include "trace.h"
 
 namespace sas {
 
@@ -71,6 +72,13 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
   const bool is_signaller = thread % 128 == 0;
 
   RingPosition<Traits::kTileSlots> tile_ring;
+  // This warpgroup's events in a trace row (trace.h); only its signaller writes them.
+  const int trace_base = kTraceConsumer + kTraceConsumerStride * (thread / 128);
+  auto trace = [&](int event) {
+    if (is_signaller) {
+      trace_event(p.trace, tile_ring.count - 1, trace_base + event);
+    }
+  };
 
   Tensor tOrP_carried = make_tensor<Element>(
       partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{}).layout());
@@ -136,6 +144,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
   CUTE_NO_UNROLL
   for (PostedTile posted = take_posted_tile(smem, tile_ring, thread);
        posted.index < scheduler.num_tiles(); posted = take_posted_tile(smem, tile_ring, thread)) {
+    trace(kTraceTaken);
     const Tile tile = posted.tile;
     const BlockList blocks{posted.full, posted.partial, posted.full_count, posted.total};
     const ElementRules rules{
@@ -160,6 +169,11 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     }
     const int q_stage = q_ring.stage();
     TransactionBarrier::wait(&smem.full_q[q_stage], q_ring.phase());
+    trace(kTraceQReady);
+#ifdef SAS_KERNEL_TRACE
+    TransactionBarrier::wait(&smem.full_k[kv_ring.stage()], kv_ring.phase());
+    trace(kTraceK0Ready);
+#endif
 
     // Issues S = Q K^T for the block at the ring's current position.
     auto score_block = [&](auto& tSrS) {
@@ -300,6 +314,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     ++q_ring.count;
     if constexpr (kCarry) {
       // The last product waits for the next tile.
+      trace(kTraceLoopDone);
       softmax.finish(pending_scale, pending_lse);
       pending = PendingTile{tile.m_block, tile.head, tile.batch, kv_ring.stage(), kv_ring.phase()};
       tile_pending = true;
@@ -308,6 +323,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       TransactionBarrier::wait(&smem.full_v[kv_ring.stage()], kv_ring.phase());
       warpgroup_gemm_issue<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, kv_ring.stage()), tOrO);
       product_landed(kv_ring.stage());
+      trace(kTraceLoopDone);
       ++kv_ring.count;
       float lse[kRows];
       softmax.finish(tOrO_rc, lse);
@@ -318,12 +334,16 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       }
       store_output<Traits>(args.tma_o, smem, tOrO, unit_scale, mma_pv, tScS_rc, lse, p,
                            tile.m_block, tile.head, tile.batch, thread);
+      trace(kTraceStored);
     }
   }
   if constexpr (kCarry) {
     flush_pending();
   }
   finish_output_stores(thread);
+  if (thread == 0) {
+    trace_header(p.trace, true);
+  }
 }
 
 template <class Traits, bool kCarry>
@@ -354,6 +374,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       ReleaseBarrier::init(&smem.empty_tile[s], Traits::kConsumerThreads / 32);
     }
     cutlass::arch::fence_barrier_init();
+    trace_header(args.params.trace, false);
   }
   __syncthreads();
 

@@ -9,6 +9,7 @@
 #include "params.h"
 #include "tile_scheduler.h"
 #include "tile_traits.h"
+#include "trace.h"
 
 namespace sas {
 
@@ -138,6 +139,9 @@ struct Producer {
       post_tile(smem, tile_ring,
                 PostedTile{index, tile, kv_len, blocks.full_count, blocks.total, blocks.full,
                            blocks.partial});
+      const int traced_tile = tile_ring.count - 1;
+      trace_event(p.trace, traced_tile, kTraceProducerPosted);
+      trace_event(p.trace, traced_tile, kTraceBlocks, blocks.total);
       if (blocks.total == 0) {
         continue;
       }
@@ -162,6 +166,7 @@ struct Producer {
       TransactionBarrier::arrive_and_expect_tx(&smem.full_q[q_stage], Traits::kQBytes);
       copy(args.tma_q.with(smem.full_q[q_stage]), tQgQ, tQsQ(_, q_stage));
       ++q_ring.count;
+      trace_event(p.trace, traced_tile, kTraceProducerQIssued);
 
       for (int j = 0; j < blocks.total; ++j, ++kv_ring.count) {
         const int stage = kv_ring.stage();
@@ -174,12 +179,16 @@ struct Producer {
         }
         TransactionBarrier::arrive_and_expect_tx(&smem.full_k[stage], Traits::kKVBytes);
         copy(args.tma_k.with(smem.full_k[stage]), tKgK(_, n_block), tKsK(_, stage));
+        if (j == 0) {
+          trace_event(p.trace, traced_tile, kTraceProducerK0Issued);
+        }
         if (round > 0) {
           ReleaseBarrier::wait(&smem.empty_v[stage], (round - 1) & 1);
         }
         TransactionBarrier::arrive_and_expect_tx(&smem.full_v[stage], Traits::kKVBytes);
         copy(args.tma_v.with(smem.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
       }
+      trace_event(p.trace, traced_tile, kTraceProducerLastVIssued);
     }
     // Past the last tile: the consumers stop.
     post_tile(smem, tile_ring, PostedTile{t, Tile{0, 0, 0}, 0, 0, 0, nullptr, nullptr});

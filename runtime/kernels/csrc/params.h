@@ -51,6 +51,9 @@ struct BlockSparseFwdParams {
   // Each tile's last P V product runs beside the next tile's first Q K^T (see `consume`).
   bool carry_last_product;
 
+  // bench/kernel_trace.py's timeline (trace.h), written only by SAS_KERNEL_TRACE builds.
+  int64_t* trace;
+
   float scale_log2;  // softmax scale * log2(e)
   float scale;       // softmax scale
 };

@@ -42,6 +42,10 @@ elif args[:2] == ["-m", "bench.kernel"]:
     print("S=  4096 D=128 causal stub")
 elif args[:2] == ["-m", "bench.kernel_case"]:
     print("random-0.25 S=16384 D=128: 1.000 ms per launch")
+elif args[:2] == ["-m", "bench.kernel_trace"]:
+    if "trace" in failing:
+        sys.exit("Traceback: stub trace failure")
+    print("random-0.1 S4096 D128: base 0.0770 ms, traced 0.0775 ms (1.006 x base)")
 elif args[:2] in (["-m", "bench.ncu_stalls"], ["-m", "bench.kernel_targets"]):
     import runpy
     sys.path.insert(0, {str(REPO)!r})  # the real module, also for a copied tree
@@ -133,6 +137,47 @@ def test_ncu_can_profile_another_case(stubs: dict[str, str]) -> None:
     calls = Path(stubs["STUB_LOG"]).read_text()
     assert "--mask random-0.1 --seq-len 4096 --head-dim 64" in calls
     assert "-m bench.kernel " not in calls  # only the steps asked for
+
+
+def test_ncu_profiles_several_cases_from_one_build_each_in_its_own_files(
+    stubs: dict[str, str],
+) -> None:
+    cases = "fixed-shared-4 4096 128;fixed-random-4 4096 128"
+    result = _record({**stubs, "STEPS": "ncu", "NCU_CASE": cases})
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text()
+    assert calls.count("-m sas_runtime.kernels.build") == 1
+    assert "--mask fixed-shared-4 --seq-len 4096" in calls
+    assert "--mask fixed-random-4 --seq-len 4096" in calls
+    out = Path(stubs["OUT"])
+    for case in ("fixed-shared-4-S4096-D128", "fixed-random-4-S4096-D128"):
+        assert "per launch" in (out / f"kernel-test-{case}-ncu.txt").read_text()
+        assert (out / f"kernel-test-{case}-ncu-sass-stalls.txt").stat().st_size > 0
+
+
+def test_the_trace_step_builds_a_traced_library_and_runs_every_case(
+    stubs: dict[str, str],
+) -> None:
+    cases = "random-0.1 4096 128;fixed-random-4 4096 64"
+    result = _record({**stubs, "STEPS": "trace", "TRACE_CASE": cases})
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = Path(stubs["STUB_LOG"]).read_text().splitlines()
+    builds = [line for line in calls if line.startswith("-m sas_runtime.kernels.build")]
+    assert len(builds) == 2
+    assert "--op-namespace sas_trace" in builds[1]
+    trace = next(line for line in calls if line.startswith("-m bench.kernel_trace"))
+    assert "--case random-0.1 4096 128 --case fixed-random-4 4096 64" in trace
+    assert "sas_kernels_sas_trace.so" in trace
+    assert "1.006 x base" in result.stdout
+    failing = _record({**stubs, "STEPS": "trace"}, fail="trace")
+    assert failing.returncode != 0
+    assert "failed: trace" in failing.stdout
+
+
+def test_the_trace_step_runs_only_when_named(stubs: dict[str, str]) -> None:
+    result = _record(stubs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bench.kernel_trace" not in Path(stubs["STUB_LOG"]).read_text()
 
 
 def test_a_failing_step_is_reported_and_the_rest_still_run(stubs: dict[str, str]) -> None:

@@ -41,7 +41,7 @@ def _stand_in(monkeypatch: pytest.MonkeyPatch, per_call_ms: dict[str, float | No
         assert isinstance(elapsed, float)
         return elapsed
 
-    monkeypatch.setattr(kernel, "_capture", capture)
+    monkeypatch.setattr(kernel, "capture_graph", capture)
     monkeypatch.setattr(kernel, "event_ms", event_ms)
     return replays
 

@@ -36,6 +36,15 @@ def test_trimmed_matrix_tells_the_dispatcher_what_is_missing() -> None:
     assert matrix.defines() == ["-DSAS_DISABLE_FP16", "-DSAS_DISABLE_HDIM64"]
 
 
+def test_trace_build_defines_the_trace_and_only_when_asked() -> None:
+    traced = build.BuildMatrix.from_env({"SAS_KERNEL_TRACE": "1", "SAS_KERNEL_HEAD_DIMS": "64"})
+    assert traced.defines() == ["-DSAS_DISABLE_HDIM128", "-DSAS_KERNEL_TRACE"]
+    assert "-DSAS_KERNEL_TRACE" in build.nvcc_flags(traced)
+    assert not build.BuildMatrix.from_env({"SAS_KERNEL_TRACE": "0"}).trace
+    with pytest.raises(ValueError, match="SAS_KERNEL_TRACE must be 0 or 1"):
+        build.BuildMatrix.from_env({"SAS_KERNEL_TRACE": "yes"})
+
+
 @pytest.mark.parametrize("env", [{"SAS_KERNEL_DTYPES": "fp8"}, {"SAS_KERNEL_HEAD_DIMS": "96"}])
 def test_unknown_matrix_entries_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="unsupported"):

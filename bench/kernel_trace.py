@@ -1,0 +1,338 @@
+"""Where a tile's time goes, read from the kernel's own timeline of one launch.
+
+A library built with SAS_KERNEL_TRACE=1 under its own op namespace writes the SM's clock at
+fixed points of every tile (runtime/kernels/csrc/trace.h): when the producer posts the tile,
+issues its Q, its first K and its last V, and when each consumer warpgroup reads the tile,
+sees Q and the first K land, has the last P V landed, and has issued the output's stores. Per
+case this times base and the traced build side by side (what the trace itself costs), soaks
+the traced build under CUDA-graph replays (the card at its sustained clock), reads the last
+launch's timeline and prints, over the tiles past each CTA's first, the mean and median of:
+
+- `wait for tile`: the previous tile's stores issued -> this tile read (the producer behind);
+- `wait for Q`, `wait for K0`: the tile read -> Q landed -> the first K landed;
+- `blocks`: the first K landed -> the last P V landed, and per block;
+- `epilogue`: the last P V landed -> the output's stores issued;
+- the producer's `schedule` (its previous tile's last V issued -> this tile posted: the tile
+  counter, the tile order and the block counts read), and how long before the consumers read
+  the tile its Q was issued (`Q issued ahead`; below zero: after), and its first K before Q
+  landed (`K0 issued ahead`);
+
+then a least-squares fit of each tile's time (one tile read to the next) over its block count:
+the per-tile and per-block costs that bench.kernel_tile_cost fits from whole launches.
+
+    SAS_KERNEL_TRACE=1 python -m sas_runtime.kernels.build --op-namespace sas_trace --out T
+    python -m bench.kernel_trace --library BASE/sas_kernels.so \\
+        --trace-library T/sas_kernels_sas_trace.so \\
+        --case "random-0.1 4096 128" --case "fixed-random-4 4096 128" --out R.json
+
+A case is "MASK SEQ_LEN HEAD_DIM", MASK one of bench.kernel's or bench.kernel_case's
+`fixed-LAYOUT-N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.kernel import (
+    add_kernel_arguments,
+    capture_graph,
+    event_ms,
+    format_number,
+    inputs_for,
+    time_sustained_graphs_ms,
+    write_result,
+)
+from bench.kernel_case import case_mask
+from bench.kernel_variants import load_base_and_variants
+from sas_runtime.kernels import ops
+
+# csrc/trace.h's layout.
+TRACE_TILES = 256
+TRACE_EVENTS = 16
+PRODUCER_POSTED, PRODUCER_Q_ISSUED, PRODUCER_K0_ISSUED, PRODUCER_LAST_V_ISSUED, BLOCKS = range(5)
+CONSUMER, CONSUMER_STRIDE, WARPGROUPS = 5, 5, 2
+TAKEN, Q_READY, K0_READY, LOOP_DONE, STORED = range(5)
+START_CLOCK, START_NS, END_CLOCK, END_NS, SM = range(5)
+
+CONSUMER_INTERVALS = ("wait for tile", "wait for Q", "wait for K0", "blocks", "epilogue")
+PRODUCER_INTERVALS = ("schedule", "Q issued ahead", "K0 issued ahead")
+
+
+@dataclass(frozen=True)
+class Case:
+    mask: str
+    seq_len: int
+    head_dim: int
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        parts = text.split()
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise ValueError(f"{text!r}: expected 'MASK SEQ_LEN HEAD_DIM'")
+        return cls(parts[0], int(parts[1]), int(parts[2]))
+
+    def label(self) -> str:
+        return f"{self.mask} S{self.seq_len} D{self.head_dim}"
+
+
+def _consumer(row: Sequence[int], event: int) -> list[int]:
+    """The event's clock in each warpgroup that reached it."""
+    slots = (row[CONSUMER + CONSUMER_STRIDE * wg + event] for wg in range(WARPGROUPS))
+    return [clock for clock in slots if clock > 0]
+
+
+def _mean_interval(row: Sequence[int], start: int, end: int) -> float | None:
+    """The warpgroups' mean of end - start (cycles), None if neither reached both."""
+    spans = [
+        row[CONSUMER + CONSUMER_STRIDE * wg + end] - row[CONSUMER + CONSUMER_STRIDE * wg + start]
+        for wg in range(WARPGROUPS)
+        if row[CONSUMER + CONSUMER_STRIDE * wg + start] > 0
+        and row[CONSUMER + CONSUMER_STRIDE * wg + end] > 0
+    ]
+    return sum(spans) / len(spans) if spans else None
+
+
+def tile_records(trace: Sequence[Sequence[Sequence[int]]]) -> list[dict[str, Any]]:
+    """One record per traced tile (CTA, its index among the CTA's tiles, block count) with
+    every interval of the module's docstring in microseconds, from a [CTAs, TRACE_TILES + 1,
+    TRACE_EVENTS] trace; each CTA's clock is converted at its own rate (header clocks over
+    global-timer nanoseconds)."""
+    records = []
+    for cta, rows in enumerate(trace):
+        header = rows[TRACE_TILES]
+        if header[END_NS] <= header[START_NS] or header[END_CLOCK] <= header[START_CLOCK]:
+            continue  # a CTA the grid did not launch
+        cycles_per_us = (header[END_CLOCK] - header[START_CLOCK]) / (
+            (header[END_NS] - header[START_NS]) / 1000
+        )
+        taken_rows = [row for row in rows[:TRACE_TILES] if _consumer(row, TAKEN)]
+        for index, row in enumerate(taken_rows):
+            previous = taken_rows[index - 1] if index > 0 else None
+            following = taken_rows[index + 1] if index + 1 < len(taken_rows) else None
+            cycles: dict[str, float | None] = {
+                "wait for Q": _mean_interval(row, TAKEN, Q_READY),
+                "wait for K0": _mean_interval(row, Q_READY, K0_READY),
+                "blocks": _mean_interval(row, K0_READY, LOOP_DONE),
+                "epilogue": _mean_interval(row, LOOP_DONE, STORED),
+                "wait for tile": None,
+                "tile": None,
+                "schedule": None,
+                "Q issued ahead": None,
+                "K0 issued ahead": None,
+            }
+            taken = min(_consumer(row, TAKEN))
+            if previous is not None and _consumer(previous, STORED):
+                cycles["wait for tile"] = taken - max(_consumer(previous, STORED))
+            if following is not None:
+                cycles["tile"] = min(_consumer(following, TAKEN)) - taken
+            if previous is not None and previous[PRODUCER_LAST_V_ISSUED] > 0:
+                cycles["schedule"] = row[PRODUCER_POSTED] - previous[PRODUCER_LAST_V_ISSUED]
+            if row[PRODUCER_Q_ISSUED] > 0:
+                cycles["Q issued ahead"] = taken - row[PRODUCER_Q_ISSUED]
+            q_ready = _consumer(row, Q_READY)
+            if row[PRODUCER_K0_ISSUED] > 0 and q_ready:
+                cycles["K0 issued ahead"] = min(q_ready) - row[PRODUCER_K0_ISSUED]
+            records.append(
+                {
+                    "cta": cta,
+                    "index": index,
+                    "block_count": row[BLOCKS],
+                    **{
+                        name: None if value is None else value / cycles_per_us
+                        for name, value in cycles.items()
+                    },
+                }
+            )
+    return records
+
+
+def launch_summary(trace: Sequence[Sequence[Sequence[int]]]) -> dict[str, float]:
+    """The launch as a whole: its span, how far apart the CTAs started and ended, and the
+    SMs' mean clock, from the header rows."""
+    headers = [rows[TRACE_TILES] for rows in trace if rows[TRACE_TILES][END_NS] > 0]
+    starts = [h[START_NS] for h in headers]
+    ends = [h[END_NS] for h in headers]
+    ghz = [
+        (h[END_CLOCK] - h[START_CLOCK]) / (h[END_NS] - h[START_NS])
+        for h in headers
+        if h[END_NS] > h[START_NS]
+    ]
+    return {
+        "ctas": len(headers),
+        "span_us": (max(ends) - min(starts)) / 1000,
+        "start_spread_us": (max(starts) - min(starts)) / 1000,
+        "end_spread_us": (max(ends) - min(ends)) / 1000,
+        "clock_ghz": statistics.fmean(ghz),
+    }
+
+
+def interval_summary(
+    records: list[dict[str, Any]], *, first_tiles: bool = False
+) -> dict[str, dict[str, float]]:
+    """Mean and median of each interval over the tiles (with blocks) past each CTA's first,
+    or over each CTA's first (`first_tiles`), and of the blocks' time per block."""
+    later = [r for r in records if (r["index"] == 0) == first_tiles and r["block_count"] > 0]
+    columns: dict[str, list[float]] = {
+        name: [r[name] for r in later if r[name] is not None]
+        for name in (*CONSUMER_INTERVALS, "tile", *PRODUCER_INTERVALS)
+    }
+    columns["per block"] = [
+        r["blocks"] / r["block_count"] for r in later if r["blocks"] is not None
+    ]
+    return {
+        name: {"mean": statistics.fmean(values), "median": statistics.median(values)}
+        for name, values in columns.items()
+        if values
+    }
+
+
+def tile_fit(records: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Least squares of tile time = per_tile + blocks * per_block over the tiles past each
+    CTA's first whose next tile was traced; None with fewer than two block counts."""
+    points = [
+        (r["block_count"], r["tile"])
+        for r in records
+        if r["index"] > 0 and r["tile"] is not None and r["block_count"] > 0
+    ]
+    if len({blocks for blocks, _ in points}) < 2:
+        return None
+    slope, intercept = statistics.linear_regression(
+        [float(b) for b, _ in points], [t for _, t in points]
+    )
+    return {"per_tile_us": intercept, "per_block_us": slope, "tiles": len(points)}
+
+
+def soaked_trace(
+    traced: Any, last_trace: Any, *, replay_ms: float = 20.0, soak_ms: float = 250.0
+) -> list[list[list[int]]] | None:
+    """The timeline of the traced op's last launch after `soak_ms` of CUDA-graph replays (the
+    card at the clock it holds under load, as bench.kernel times it); None if it cannot be
+    captured."""
+    single = capture_graph(traced, 1)
+    if single is None:
+        return None
+    calls = max(1, min(64, round(replay_ms / max(event_ms(single.replay), 1e-3))))
+    graph = capture_graph(traced, calls)  # the library keeps the last captured call's trace
+    if graph is None:
+        return None
+    soaked = 0.0
+    while soaked < soak_ms:
+        soaked += event_ms(graph.replay)
+    torch.cuda.synchronize()
+    trace: list[list[list[int]]] = last_trace().cpu().tolist()
+    return trace
+
+
+def trace_case(case: Case, heads: int, trace_namespace: str) -> dict[str, Any]:
+    """Times base and the traced build on the case side by side, then reads and summarises
+    the traced build's timeline."""
+    q, k, v = inputs_for(case.seq_len, case.head_dim, heads)
+    mask = case_mask(case.mask, heads, case.seq_len)
+    arguments = ops.op_arguments(q, k, v, block_mask=mask)
+    traced_ops = getattr(torch.ops, trace_namespace)
+    base = partial(torch.ops.sas.block_sparse_attention_fwd, *arguments)
+    traced = partial(traced_ops.block_sparse_attention_fwd, *arguments)
+    times = time_sustained_graphs_ms({"base": base, "traced": traced}, passes=2, rotate=True)
+    result: dict[str, Any] = {
+        "mask": case.mask,
+        "seq_len": case.seq_len,
+        "head_dim": case.head_dim,
+        "heads": heads,
+        "carry_last_product": bool(arguments[-1]),
+        "base_graph_ms": times["base"],
+        "traced_graph_ms": times["traced"],
+    }
+    trace = soaked_trace(traced, traced_ops.last_trace)
+    if trace is None:
+        return result
+    records = tile_records(trace)
+    return {
+        **result,
+        "launch": launch_summary(trace),
+        "intervals_us": interval_summary(records),
+        "tile_fit": tile_fit(records),
+        "first_tiles_us": interval_summary(records, first_tiles=True),
+        "tiles": records,
+    }
+
+
+def print_case(case: Case, result: dict[str, Any]) -> None:
+    base, traced = result["base_graph_ms"], result["traced_graph_ms"]
+    ratio = "-" if base is None or traced is None else f"{traced / base:.3f}"
+    print(
+        f"{case.label()}: base {format_number(base, '.4f')} ms, traced "
+        f"{format_number(traced, '.4f')} ms ({ratio} x base)"
+        + (", carried" if result["carry_last_product"] else ""),
+        flush=True,
+    )
+    if "launch" not in result:
+        print("  no trace (the traced build could not be captured)")
+        return
+    launch = result["launch"]
+    print(
+        f"  {len(result['tiles'])} tiles on {launch['ctas']} CTAs at {launch['clock_ghz']:.2f} "
+        f"GHz; span {launch['span_us']:.1f} us, CTAs start over {launch['start_spread_us']:.1f} "
+        f"us and end over {launch['end_spread_us']:.1f} us"
+    )
+    print("  us per tile past each CTA's first: mean / median (each CTA's first tile: mean)")
+    first = result["first_tiles_us"]
+    for name, value in result["intervals_us"].items():
+        first_mean = first.get(name, {}).get("mean")
+        print(
+            f"    {name:<16} {value['mean']:7.3f} / {value['median']:7.3f}"
+            f"   ({format_number(first_mean, '7.3f')})"
+        )
+    fit = result["tile_fit"]
+    if fit is not None:
+        print(
+            f"  tile = {fit['per_tile_us']:.2f} us + blocks x {fit['per_block_us']:.3f} us "
+            f"(least squares over {fit['tiles']} tiles)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--trace-library",
+        type=Path,
+        required=True,
+        help="a SAS_KERNEL_TRACE=1 build under its own op namespace",
+    )
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        help="'MASK SEQ_LEN HEAD_DIM' (repeatable; default: 'random-0.1 4096 128')",
+    )
+    parser.add_argument("--heads", type=int, default=32)
+    add_kernel_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        cases = [Case.parse(text) for text in args.case or ["random-0.1 4096 128"]]
+    except ValueError as error:
+        parser.error(str(error))
+    namespaces = load_base_and_variants(parser, args.library, [args.trace_library])
+    if namespaces is None:
+        return 1
+    (namespace,) = namespaces
+    if not hasattr(getattr(torch.ops, namespace), "last_trace"):
+        parser.error(f"{args.trace_library} has no last_trace: build it with SAS_KERNEL_TRACE=1")
+    results = []
+    for case in cases:
+        result = trace_case(case, args.heads, namespace)
+        print_case(case, result)
+        results.append(result)
+        write_result(args.out, trace_library=str(args.trace_library), cases=results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
