@@ -8,14 +8,16 @@ case this times base and the traced build side by side (what the trace itself co
 the traced build under CUDA-graph replays (the card at its sustained clock), reads the last
 launch's timeline and prints, over the tiles past each CTA's first, the mean and median of:
 
-- `wait for tile`: the previous tile's stores issued -> this tile read (the producer behind);
+- `wait for tile`: a warpgroup's stores of the previous tile issued -> its read of this tile
+  (the warpgroups' mean);
 - `wait for Q`, `wait for K0`: the tile read -> Q landed -> the first K landed;
 - `blocks`: the first K landed -> the last P V landed, and per block;
 - `epilogue`: the last P V landed -> the output's stores issued;
 - the producer's `schedule` (its previous tile's last V issued -> this tile posted: the tile
-  counter, the tile order and the block counts read), and how long before the consumers read
-  the tile its Q was issued (`Q issued ahead`; below zero: after), and its first K before Q
-  landed (`K0 issued ahead`);
+  counter, the tile order and the block counts read), how long the tile was posted before the
+  first warpgroup read it (`posted ahead`: near zero when the consumers waited for it), how
+  long before that its Q was issued (`Q issued ahead`; below zero: after), and its first K
+  before Q landed (`K0 issued ahead`);
 
 then a least-squares fit of each tile's time (one tile read to the next) over its block count:
 the per-tile and per-block costs that bench.kernel_tile_cost fits from whole launches.
@@ -63,7 +65,7 @@ TAKEN, Q_READY, K0_READY, LOOP_DONE, STORED = range(5)
 START_CLOCK, START_NS, END_CLOCK, END_NS, SM = range(5)
 
 CONSUMER_INTERVALS = ("wait for tile", "wait for Q", "wait for K0", "blocks", "epilogue")
-PRODUCER_INTERVALS = ("schedule", "Q issued ahead", "K0 issued ahead")
+PRODUCER_INTERVALS = ("schedule", "posted ahead", "Q issued ahead", "K0 issued ahead")
 
 
 @dataclass(frozen=True)
@@ -89,12 +91,16 @@ def _consumer(row: Sequence[int], event: int) -> list[int]:
     return [clock for clock in slots if clock > 0]
 
 
-def _mean_interval(row: Sequence[int], start: int, end: int) -> float | None:
-    """The warpgroups' mean of end - start (cycles), None if neither reached both."""
+def _mean_interval(
+    row: Sequence[int], start: int, end: int, start_row: Sequence[int] | None = None
+) -> float | None:
+    """The warpgroups' mean of end - start (cycles), the start read from `start_row` (the
+    previous tile's) when given; None if neither warpgroup reached both."""
+    first = row if start_row is None else start_row
     spans = [
-        row[CONSUMER + CONSUMER_STRIDE * wg + end] - row[CONSUMER + CONSUMER_STRIDE * wg + start]
+        row[CONSUMER + CONSUMER_STRIDE * wg + end] - first[CONSUMER + CONSUMER_STRIDE * wg + start]
         for wg in range(WARPGROUPS)
-        if row[CONSUMER + CONSUMER_STRIDE * wg + start] > 0
+        if first[CONSUMER + CONSUMER_STRIDE * wg + start] > 0
         and row[CONSUMER + CONSUMER_STRIDE * wg + end] > 0
     ]
     return sum(spans) / len(spans) if spans else None
@@ -125,16 +131,19 @@ def tile_records(trace: Sequence[Sequence[Sequence[int]]]) -> list[dict[str, Any
                 "wait for tile": None,
                 "tile": None,
                 "schedule": None,
+                "posted ahead": None,
                 "Q issued ahead": None,
                 "K0 issued ahead": None,
             }
             taken = min(_consumer(row, TAKEN))
-            if previous is not None and _consumer(previous, STORED):
-                cycles["wait for tile"] = taken - max(_consumer(previous, STORED))
+            if previous is not None:
+                cycles["wait for tile"] = _mean_interval(row, STORED, TAKEN, start_row=previous)
             if following is not None:
                 cycles["tile"] = min(_consumer(following, TAKEN)) - taken
             if previous is not None and previous[PRODUCER_LAST_V_ISSUED] > 0:
                 cycles["schedule"] = row[PRODUCER_POSTED] - previous[PRODUCER_LAST_V_ISSUED]
+            if row[PRODUCER_POSTED] > 0:
+                cycles["posted ahead"] = taken - row[PRODUCER_POSTED]
             if row[PRODUCER_Q_ISSUED] > 0:
                 cycles["Q issued ahead"] = taken - row[PRODUCER_Q_ISSUED]
             q_ready = _consumer(row, Q_READY)
@@ -146,7 +155,7 @@ def tile_records(trace: Sequence[Sequence[Sequence[int]]]) -> list[dict[str, Any
                     "index": index,
                     "block_count": row[BLOCKS],
                     **{
-                        name: None if value is None else value / cycles_per_us
+                        name: None if value is None else round(value / cycles_per_us, 4)
                         for name, value in cycles.items()
                     },
                 }

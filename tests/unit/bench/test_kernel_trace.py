@@ -75,6 +75,7 @@ def test_intervals_are_read_in_microseconds_at_each_ctas_clock() -> None:
     assert second["schedule"] == pytest.approx(1.0, abs=1e-3)
     # Posted 1 us after the last V issued 2 us into the previous tile: Q went out 0.1 us later.
     previous_tile = PER_TILE_US + 2 * PER_BLOCK_US
+    assert second["posted ahead"] == pytest.approx(previous_tile - 3.0, abs=1e-3)
     assert second["Q issued ahead"] == pytest.approx(previous_tile - 3.1, abs=1e-3)
     assert second["K0 issued ahead"] == pytest.approx(previous_tile - 3.2 + 0.5, abs=1e-3)
     # Each CTA's last tile has no next one to end it; its first has no previous one.
@@ -82,6 +83,18 @@ def test_intervals_are_read_in_microseconds_at_each_ctas_clock() -> None:
     assert records[4]["tile"] is None
     assert records[0]["schedule"] is None
     assert records[0]["wait for tile"] is None
+
+
+def test_each_warpgroup_waits_for_the_tile_from_its_own_stores() -> None:
+    trace = empty_trace(1)
+    fill_cta(trace[0], [2, 4, 6], start_ns=0)
+    # The second warpgroup stores the first tile 0.3 us late and reads the next 0.5 us late:
+    # the first waited 0 us for it, the second 0.2 us.
+    base = kt.CONSUMER + kt.CONSUMER_STRIDE
+    trace[0][0][base + kt.STORED] += round(0.3 * CYCLES_PER_US)
+    trace[0][1][base + kt.TAKEN] += round(0.5 * CYCLES_PER_US)
+    second = kt.tile_records(trace)[1]
+    assert second["wait for tile"] == pytest.approx(0.2 / 2, abs=1e-3)
 
 
 def test_the_fit_recovers_the_per_tile_and_per_block_costs() -> None:
