@@ -13,7 +13,8 @@
 # NAME.ncu-rep. The `trace` step (only when named) builds the kernel again with its timeline
 # on (SAS_KERNEL_TRACE=1) and runs `python -m bench.kernel_trace` on TRACE_CASE (cases as
 # NCU_CASE's, ";"-separated): NAME-trace.json, NAME-trace.txt. A step that fails is reported and
-# the rest still run; the exit status says whether all passed. PATCHES (comma-separated patch files) are applied to the tree first, so a
+# the rest still run; the exit status says whether all passed. NAME-trace-clocks.csv logs the
+# card's clock and power through it, as NAME-clocks.csv does through the bench. PATCHES (comma-separated patch files) are applied to the tree first, so a
 # variant an A/B just measured can be recorded before it is committed.
 #
 #   [PATCHES=P1,P2] [STEPS=S1,S2] [NCU_CASE="MASK SEQ_LEN HEAD_DIM"] [TRACE_CASE=...] \
@@ -31,6 +32,13 @@ say() { echo "[t=$(($(date +%s) - started))s] $*"; }
 failed=()
 steps=",${STEPS:-sanitizer,bench,ncu,tests},"
 want() { [[ $steps == *",$1,"* ]]; }
+# The card's clock, power and throttle reasons every 100 ms into $1, until stop_clock_log.
+start_clock_log() {
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
+    --format=csv -lms 100 >"$1" 2>&1 &
+  clock_log=$!
+}
+stop_clock_log() { kill "$clock_log" 2>/dev/null; }
 
 work=$(mktemp -d)
 IFS=, read -r -a patches <<<"${PATCHES:-}"
@@ -62,14 +70,11 @@ done
 
 if want bench; then
   say "bench.kernel $*"
-  # The card's clock, power and throttle reasons every 100 ms while the bench runs.
-  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
-    --format=csv -lms 100 >"$out/$name-clocks.csv" 2>&1 &
-  clock_log=$!
+  start_clock_log "$out/$name-clocks.csv"
   (cd "$repo" && timeout -s KILL 480 python3 -m bench.kernel --library "$SAS_KERNEL_LIBRARY" \
     --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name-bench.txt" | grep "^S=") \
     || failed+=("bench")
-  kill "$clock_log" 2>/dev/null
+  stop_clock_log
   # Which of the issue's targets this record meets, read from its sustained graph figures.
   if [ -s "$out/$name.json" ]; then
     (cd "$repo" && python3 -m bench.kernel_targets "$out/$name.json" >"$out/$name-targets.txt" 2>&1) \
@@ -121,9 +126,11 @@ if want trace; then
     case_args=()
     for trace_case in "${trace_cases[@]}"; do case_args+=(--case "$trace_case"); done
     say "bench.kernel_trace on ${#trace_cases[@]} cases"
+    start_clock_log "$out/$name-trace-clocks.csv"
     (cd "$repo" && timeout -s KILL 300 python3 -m bench.kernel_trace --library "$SAS_KERNEL_LIBRARY" \
       --trace-library "$work/traced/sas_kernels_sas_trace.so" "${case_args[@]}" \
       --out "$out/$name-trace.json" >"$out/$name-trace.txt" 2>&1) || failed+=("trace")
+    stop_clock_log
     cat "$out/$name-trace.txt"
   else
     tail -40 "$out/$name-trace-build.log"

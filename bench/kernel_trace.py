@@ -34,6 +34,7 @@ A case is "MASK SEQ_LEN HEAD_DIM", MASK one of bench.kernel's or bench.kernel_ca
 from __future__ import annotations
 
 import argparse
+import datetime
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -307,6 +308,11 @@ def print_case(case: Case, result: dict[str, Any]) -> None:
         )
 
 
+def _now() -> str:
+    """UTC now, to the millisecond: a case's span, to match against the card's clock log."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -336,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.trace_library} has no last_trace: build it with SAS_KERNEL_TRACE=1")
     results = []
     for case in cases:
-        result = trace_case(case, args.heads, namespace)
+        started = _now()
+        result = {"started": started, **trace_case(case, args.heads, namespace), "ended": _now()}
         print_case(case, result)
         results.append(result)
         write_result(args.out, trace_library=str(args.trace_library), cases=results)
