@@ -136,6 +136,27 @@ def time_graph_ms(fn: Callable[[], object], *, calls: int = 10, repeats: int = 5
     return times[len(times) // 2]
 
 
+def sized_graph(
+    fn: Callable[[], object], replay_ms: float
+) -> tuple[torch.cuda.CUDAGraph, int] | None:
+    """A CUDA graph of enough calls of `fn` (1-64) to run about `replay_ms`, and that number;
+    None if `fn` cannot be captured. The graph is the last capture of `fn`."""
+    single = capture_graph(fn, 1)
+    if single is None:
+        return None
+    calls = max(1, min(64, math.ceil(replay_ms / max(event_ms(single.replay), 1e-3))))
+    graph = single if calls == 1 else capture_graph(fn, calls)
+    return None if graph is None else (graph, calls)
+
+
+def soak(graph: torch.cuda.CUDAGraph, soak_ms: float) -> None:
+    """Replays `graph` for at least `soak_ms`, so the card settles at the clock it holds
+    under this load."""
+    soaked = 0.0
+    while soaked < soak_ms:
+        soaked += event_ms(graph.replay)
+
+
 def time_sustained_graphs_ms(
     sides: dict[str, Callable[[], object]],
     *,
@@ -162,13 +183,9 @@ def time_sustained_graphs_ms(
     faster at S32K). None for a side that cannot be captured."""
     graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]] = {}
     for name, fn in sides.items():
-        single = capture_graph(fn, 1)
-        if single is None:
-            continue
-        calls = max(1, min(64, math.ceil(replay_ms / max(event_ms(single.replay), 1e-3))))
-        graph = single if calls == 1 else capture_graph(fn, calls)
-        if graph is not None:
-            graphs[name] = (graph, calls)
+        sized = sized_graph(fn, replay_ms)
+        if sized is not None:
+            graphs[name] = sized
     times: dict[str, list[float]] = {name: [] for name in graphs}
     names = list(graphs)
     for pass_index in range(passes):
@@ -179,9 +196,7 @@ def time_sustained_graphs_ms(
             order = names if pass_index % 2 == 0 else names[::-1]
         for name in order:
             graph, calls = graphs[name]
-            soaked = 0.0
-            while soaked < soak_ms:
-                soaked += event_ms(graph.replay)
+            soak(graph, soak_ms)
             times[name] += [event_ms(graph.replay) / calls for _ in range(samples)]
     return {name: statistics.median(times[name]) if name in times else None for name in sides}
 

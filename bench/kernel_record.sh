@@ -12,10 +12,11 @@
 # SASS instruction), NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and
 # NAME.ncu-rep. The `trace` step (only when named) builds the kernel again with its timeline
 # on (SAS_KERNEL_TRACE=1) and runs `python -m bench.kernel_trace` on TRACE_CASE (cases as
-# NCU_CASE's, ";"-separated): NAME-trace.json, NAME-trace.txt. A step that fails is reported and
-# the rest still run; the exit status says whether all passed. NAME-trace-clocks.csv logs the
-# card's clock and power through it, as NAME-clocks.csv does through the bench. PATCHES (comma-separated patch files) are applied to the tree first, so a
-# variant an A/B just measured can be recorded before it is committed.
+# NCU_CASE's, ";"-separated): NAME-trace.json, NAME-trace.txt, and NAME-trace-clocks.csv (the
+# card's clock and power through it, as NAME-clocks.csv through the bench). A step that fails
+# is reported and the rest still run; the exit status says whether all passed. PATCHES
+# (comma-separated patch files) are applied to the tree first, so a variant an A/B just
+# measured can be recorded before it is committed.
 #
 #   [PATCHES=P1,P2] [STEPS=S1,S2] [NCU_CASE="MASK SEQ_LEN HEAD_DIM"] [TRACE_CASE=...] \
 #     bash bench/kernel_record.sh NAME [bench.kernel args...]

@@ -46,10 +46,10 @@ import torch
 
 from bench.kernel import (
     add_kernel_arguments,
-    capture_graph,
-    event_ms,
     format_number,
     inputs_for,
+    sized_graph,
+    soak,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -86,9 +86,14 @@ class Case:
         return f"{self.mask} S{self.seq_len} D{self.head_dim}"
 
 
+def _slot(warpgroup: int, event: int) -> int:
+    """Where a consumer warpgroup's event sits in a trace row."""
+    return CONSUMER + CONSUMER_STRIDE * warpgroup + event
+
+
 def _consumer(row: Sequence[int], event: int) -> list[int]:
     """The event's clock in each warpgroup that reached it."""
-    slots = (row[CONSUMER + CONSUMER_STRIDE * wg + event] for wg in range(WARPGROUPS))
+    slots = (row[_slot(wg, event)] for wg in range(WARPGROUPS))
     return [clock for clock in slots if clock > 0]
 
 
@@ -99,10 +104,9 @@ def _mean_interval(
     previous tile's) when given; None if neither warpgroup reached both."""
     first = row if start_row is None else start_row
     spans = [
-        row[CONSUMER + CONSUMER_STRIDE * wg + end] - first[CONSUMER + CONSUMER_STRIDE * wg + start]
+        row[_slot(wg, end)] - first[_slot(wg, start)]
         for wg in range(WARPGROUPS)
-        if first[CONSUMER + CONSUMER_STRIDE * wg + start] > 0
-        and row[CONSUMER + CONSUMER_STRIDE * wg + end] > 0
+        if first[_slot(wg, start)] > 0 and row[_slot(wg, end)] > 0
     ]
     return sum(spans) / len(spans) if spans else None
 
@@ -226,16 +230,10 @@ def soaked_trace(
     """The timeline of the traced op's last launch after `soak_ms` of CUDA-graph replays (the
     card at the clock it holds under load, as bench.kernel times it); None if it cannot be
     captured."""
-    single = capture_graph(traced, 1)
-    if single is None:
+    sized = sized_graph(traced, replay_ms)  # the library keeps the last captured call's trace
+    if sized is None:
         return None
-    calls = max(1, min(64, round(replay_ms / max(event_ms(single.replay), 1e-3))))
-    graph = capture_graph(traced, calls)  # the library keeps the last captured call's trace
-    if graph is None:
-        return None
-    soaked = 0.0
-    while soaked < soak_ms:
-        soaked += event_ms(graph.replay)
+    soak(sized[0], soak_ms)
     torch.cuda.synchronize()
     trace: list[list[list[int]]] = last_trace().cpu().tolist()
     return trace
