@@ -371,7 +371,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     CUTE_UNROLL
     for (int s = 0; s < Traits::kTileSlots; ++s) {
       ReleaseBarrier::init(&smem.full_tile[s], 1);
-      ReleaseBarrier::init(&smem.empty_tile[s], Traits::kConsumerThreads / 32);
+      // Every consumer warp and the loader.
+      ReleaseBarrier::init(&smem.empty_tile[s], Traits::kConsumerThreads / 32 + 1);
     }
     cutlass::arch::fence_barrier_init();
     trace_header(args.params.trace, false);
@@ -379,10 +380,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   __syncthreads();
 
   if (thread < 128) {
-    // Producer warpgroup: give registers to the consumers; one thread drives the TMA.
+    // Producer warpgroup: give registers to the consumers; one thread loads K/V, one (in
+    // another warp) takes the tiles and loads Q.
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
     if (thread == 0) {
-      Producer<Traits>::run(args, scheduler, smem);
+      Producer<Traits>::load(args, scheduler, smem);
+    } else if (thread == 32) {
+      Producer<Traits>::schedule(args, scheduler, smem);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();

@@ -84,8 +84,9 @@ CUTE_DEVICE void post_tile(SharedStorage& smem, RingPosition<kSlots>& ring,
   ++ring.count;
 }
 
-// The consumers' side: every thread reads the posted tile, then each warp frees the slot.
-template <class SharedStorage, int kSlots>
+// The readers' side: every thread of a consumer warp (kWholeWarp), or the loader's one thread,
+// reads the posted tile, then each warp frees the slot (kRelease; the loader frees it later).
+template <bool kWholeWarp = true, bool kRelease = true, class SharedStorage, int kSlots>
 CUTE_DEVICE PostedTile take_posted_tile(SharedStorage& smem, RingPosition<kSlots>& ring,
                                         int thread) {
   const int slot = ring.stage();
@@ -93,18 +94,23 @@ CUTE_DEVICE PostedTile take_posted_tile(SharedStorage& smem, RingPosition<kSlots
   compiler_fence();
   const PostedTile posted = smem.tiles[slot];
   compiler_fence();
-  __syncwarp();
-  if (thread % 32 == 0) {
+  if (kWholeWarp) {
+    __syncwarp();
+  }
+  if (kRelease && thread % 32 == 0) {
     ReleaseBarrier::arrive(&smem.empty_tile[slot]);
   }
   ++ring.count;
   return posted;
 }
 
-// The producer: one thread of the producer warpgroup takes the CTA's tiles from the schedule,
-// posts each to the consumers, and issues every TMA copy of the CTA: for each tile Q, then
-// each listed K/V block into the ring, waiting for the consumers to free a buffer first. It
-// runs ahead across tile boundaries.
+// The producer warpgroup's two threads. The scheduler (lane 0 of warp 1) takes the CTA's tiles
+// from the schedule, posts each to the consumers and to the loader, and issues its Q, once the
+// loader comes to the last block of the tile before (its one slot is free then), so the
+// counter's atomic, the tile order and the block counts (each an L2 round trip) and Q's load
+// are off the path between two tiles. The loader (lane 0 of warp 0) reads each posted tile and
+// issues its listed K/V blocks into the ring, waiting for the consumers to free a buffer
+// first; it runs ahead across tile boundaries.
 template <class Traits>
 struct Producer {
   using SharedStorage = typename Traits::SharedStorage;
@@ -112,20 +118,15 @@ struct Producer {
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
 
-  CUTE_DEVICE static void run(KernelArgs<Traits> const& args, TileScheduler const& scheduler,
-                              SharedStorage& smem) {
+  CUTE_DEVICE static void schedule(KernelArgs<Traits> const& args, TileScheduler const& scheduler,
+                                   SharedStorage& smem) {
     const BlockSparseFwdParams& p = args.params;
     Tensor mQ = args.tma_q.get_tma_tensor(shape(Traits::gmem_q(p)));
-    Tensor mK = args.tma_k.get_tma_tensor(shape(Traits::gmem_k(p)));
-    Tensor mV = args.tma_v.get_tma_tensor(shape(Traits::gmem_v(p)));
     Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
-    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutKV{});
     RingPosition<Traits::kQStages> q_ring;
-    RingPosition<Traits::kStages> kv_ring;
     RingPosition<Traits::kTileSlots> tile_ring;
 
-    // The first tile is the CTA's own; each next one is taken once this one's copies are issued.
+    // The first tile is the CTA's own; each next one is taken once this one's Q is issued.
     int t = blockIdx.x;
     for (; t < scheduler.num_tiles(); t = gridDim.x + atomicAdd(p.tile_counter, 1)) {
       // A given order is clamped, so that a bad entry repeats a tile rather than leave the tensors.
@@ -145,20 +146,10 @@ struct Producer {
       if (blocks.total == 0) {
         continue;
       }
-      const int kv_head = tile.head / (p.heads / p.kv_heads);
       Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
                              make_coord(tile.m_block, _0{}));  // (M, D)
-      Tensor gK = local_tile(mK(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                             make_coord(_, _0{}));  // (N, D, n_blocks)
-      Tensor gV = local_tile(mV(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                             make_coord(_, _0{}));  // (N, D, n_blocks)
       auto [tQgQ, tQsQ] = tma_partition(args.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                         group_modes<0, 2>(gQ));
-      auto [tKgK, tKsK] = tma_partition(args.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK),
-                                        group_modes<0, 2>(gK));
-      auto [tVgV, tVsV] = tma_partition(args.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV),
-                                        group_modes<0, 2>(gV));
-
       const int q_stage = q_ring.stage();
       if (q_ring.round() > 0) {
         ReleaseBarrier::wait(&smem.empty_q[q_stage], (q_ring.round() - 1) & 1);
@@ -167,13 +158,54 @@ struct Producer {
       copy(args.tma_q.with(smem.full_q[q_stage]), tQgQ, tQsQ(_, q_stage));
       ++q_ring.count;
       trace_event(p.trace, traced_tile, kTraceProducerQIssued);
+    }
+    // Past the last tile: the loader and the consumers stop.
+    post_tile(smem, tile_ring, PostedTile{t, Tile{0, 0, 0}, 0, 0, 0, nullptr, nullptr});
+  }
 
+  CUTE_DEVICE static void load(KernelArgs<Traits> const& args, TileScheduler const& scheduler,
+                               SharedStorage& smem) {
+    const BlockSparseFwdParams& p = args.params;
+    Tensor mK = args.tma_k.get_tma_tensor(shape(Traits::gmem_k(p)));
+    Tensor mV = args.tma_v.get_tma_tensor(shape(Traits::gmem_v(p)));
+    Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutKV{});
+    RingPosition<Traits::kStages> kv_ring;
+    RingPosition<Traits::kTileSlots> tile_ring;
+
+    // The loader frees a tile's slot when it comes to the tile's last block, so the scheduler
+    // takes the next tile then (the ring's depth of blocks before the consumers finish this
+    // one), not a whole tile early: a tile taken early is held from idle CTAs at the end.
+    auto free_slot = [&](int slot) { ReleaseBarrier::arrive(&smem.empty_tile[slot]); };
+    CUTE_NO_UNROLL
+    for (PostedTile posted = take_posted_tile<false, false>(smem, tile_ring, 0);
+         posted.index < scheduler.num_tiles();
+         posted = take_posted_tile<false, false>(smem, tile_ring, 0)) {
+      const int posted_slot = (tile_ring.count - 1) % Traits::kTileSlots;
+      const BlockList blocks{posted.full, posted.partial, posted.full_count, posted.total};
+      if (blocks.total == 0) {
+        free_slot(posted_slot);
+      }
+      const int traced_tile = tile_ring.count - 1;
+      const Tile tile = posted.tile;
+      const int kv_head = tile.head / (p.heads / p.kv_heads);
+      Tensor gK = local_tile(mK(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));  // (N, D, n_blocks)
+      Tensor gV = local_tile(mV(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));  // (N, D, n_blocks)
+      auto [tKgK, tKsK] = tma_partition(args.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                        group_modes<0, 2>(gK));
+      auto [tVgV, tVsV] = tma_partition(args.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV),
+                                        group_modes<0, 2>(gV));
       for (int j = 0; j < blocks.total; ++j, ++kv_ring.count) {
         const int stage = kv_ring.stage();
         const int round = kv_ring.round();
         // Out-of-range block indices are harmless: TMA fills what lies outside the tensor with
         // zeros and the mask hides keys past kv_len.
         const int n_block = blocks.block(j);
+        if (j == blocks.total - 1) {
+          free_slot(posted_slot);
+        }
         if (round > 0) {
           ReleaseBarrier::wait(&smem.empty_k[stage], (round - 1) & 1);
         }
@@ -190,8 +222,6 @@ struct Producer {
       }
       trace_event(p.trace, traced_tile, kTraceProducerLastVIssued);
     }
-    // Past the last tile: the consumers stop.
-    post_tile(smem, tile_ring, PostedTile{t, Tile{0, 0, 0}, 0, 0, 0, nullptr, nullptr});
   }
 };
 

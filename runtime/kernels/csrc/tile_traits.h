@@ -62,7 +62,9 @@ struct TileTraits {
       WarpgroupLayout{}));
 
   static constexpr int kQStages = 2;  // the next tile's Q loads while this tile finishes
-  static constexpr int kTileSlots = 2;  // tiles posted by the producer, not yet read by all
+  // Tiles posted by the scheduler, not yet read by all: one, so it takes each tile once the
+  // loader comes to the last block of the one before (Producer::load frees the slot then).
+  static constexpr int kTileSlots = 1;
   // Head dims of 64 and 128 16-bit elements fill whole 128-byte swizzle rows.
   using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
                                              Shape<Int<kBlockM>, Int<kHeadDim>, Int<kQStages>>{}));
@@ -95,7 +97,7 @@ struct TileTraits {
     uint64_t empty_k[kStages];  // both consumer warpgroups are done reading the stage
     uint64_t empty_v[kStages];
     uint64_t full_tile[kTileSlots];   // the producer posted a tile in the slot
-    uint64_t empty_tile[kTileSlots];  // every consumer warp has read the slot
+    uint64_t empty_tile[kTileSlots];  // every consumer warp and the loader have read the slot
     PostedTile tiles[kTileSlots];
   };
 

@@ -1,5 +1,5 @@
 // The kernel's own timeline, for bench/kernel_trace.py: built with SAS_KERNEL_TRACE defined
-// (SAS_KERNEL_TRACE=1 in sas_runtime.kernels.build's environment), the producer thread and the
+// (SAS_KERNEL_TRACE=1 in sas_runtime.kernels.build's environment), the producer threads and the
 // first thread of each consumer warpgroup write the SM's clock at fixed points of every tile
 // into params.trace; otherwise every call here compiles to nothing and params.trace is unused.
 #pragma once
