@@ -15,10 +15,10 @@ launch's timeline and prints, over the tiles past each CTA's first, the mean and
 - `epilogue`: the last P V landed -> the output's stores issued;
 - the producer's `schedule` (its previous tile's last V issued -> this tile posted: the tile
   counter, the tile order and the block counts read; below zero since the kernel's scheduler
-  thread posts a tile before the loader has issued the last V of the one before), how long the tile was posted before the
-  first warpgroup read it (`posted ahead`: near zero when the consumers waited for it), how
-  long before that its Q was issued (`Q issued ahead`; below zero: after), and its first K
-  before Q landed (`K0 issued ahead`);
+  thread posts a tile before the loader has issued the last V of the one before), how long
+  the tile was posted before the first warpgroup read it (`posted ahead`: near zero when the
+  consumers waited for it), how long before that its Q was issued (`Q issued ahead`; below
+  zero: after), and its first K before Q landed (`K0 issued ahead`);
 
 then a least-squares fit of each tile's time (one tile read to the next) over its block count:
 the per-tile and per-block costs that bench.kernel_tile_cost fits from whole launches.
