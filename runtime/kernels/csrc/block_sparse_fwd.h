@@ -142,8 +142,8 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
   };
 
   CUTE_NO_UNROLL
-  for (PostedTile posted = take_posted_tile(smem, tile_ring, thread);
-       posted.index < scheduler.num_tiles(); posted = take_posted_tile(smem, tile_ring, thread)) {
+  for (PostedTile posted = take_posted_tile(smem, tile_ring);
+       posted.index < scheduler.num_tiles(); posted = take_posted_tile(smem, tile_ring)) {
     trace(kTraceTaken);
     const Tile tile = posted.tile;
     const BlockList blocks{posted.full, posted.partial, posted.full_count, posted.total};
@@ -371,8 +371,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     CUTE_UNROLL
     for (int s = 0; s < Traits::kTileSlots; ++s) {
       ReleaseBarrier::init(&smem.full_tile[s], 1);
-      // Every consumer warp and the loader.
-      ReleaseBarrier::init(&smem.empty_tile[s], Traits::kConsumerThreads / 32 + 1);
+      // Every consumer thread and the loader.
+      ReleaseBarrier::init(&smem.empty_tile[s], Traits::kConsumerThreads + 1);
     }
     cutlass::arch::fence_barrier_init();
     trace_header(args.params.trace, false);

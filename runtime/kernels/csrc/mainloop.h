@@ -84,20 +84,18 @@ CUTE_DEVICE void post_tile(SharedStorage& smem, RingPosition<kSlots>& ring,
   ++ring.count;
 }
 
-// The readers' side: every thread of a consumer warp (kWholeWarp), or the loader's one thread,
-// reads the posted tile, then each warp frees the slot (kRelease; the loader frees it later).
-template <bool kWholeWarp = true, bool kRelease = true, class SharedStorage, int kSlots>
-CUTE_DEVICE PostedTile take_posted_tile(SharedStorage& smem, RingPosition<kSlots>& ring,
-                                        int thread) {
+// The readers' side: every consumer thread, and the loader's one thread, reads the posted tile.
+// Each consumer thread then frees the slot for its own read (kRelease). One arrival per warp
+// after __syncwarp left the other lanes' reads unordered before the next post, as racecheck
+// found: ptxas drops the warp barrier of a converged warp. The loader frees the slot later.
+template <bool kRelease = true, class SharedStorage, int kSlots>
+CUTE_DEVICE PostedTile take_posted_tile(SharedStorage& smem, RingPosition<kSlots>& ring) {
   const int slot = ring.stage();
   ReleaseBarrier::wait(&smem.full_tile[slot], ring.phase());
   compiler_fence();
   const PostedTile posted = smem.tiles[slot];
   compiler_fence();
-  if (kWholeWarp) {
-    __syncwarp();
-  }
-  if (kRelease && thread % 32 == 0) {
+  if constexpr (kRelease) {
     ReleaseBarrier::arrive(&smem.empty_tile[slot]);
   }
   ++ring.count;
@@ -178,9 +176,9 @@ struct Producer {
     // one), not a whole tile early: a tile taken early is held from idle CTAs at the end.
     auto free_slot = [&](int slot) { ReleaseBarrier::arrive(&smem.empty_tile[slot]); };
     CUTE_NO_UNROLL
-    for (PostedTile posted = take_posted_tile<false, false>(smem, tile_ring, 0);
+    for (PostedTile posted = take_posted_tile<false>(smem, tile_ring);
          posted.index < scheduler.num_tiles();
-         posted = take_posted_tile<false, false>(smem, tile_ring, 0)) {
+         posted = take_posted_tile<false>(smem, tile_ring)) {
       const int posted_slot = (tile_ring.count - 1) % Traits::kTileSlots;
       const BlockList blocks{posted.full, posted.partial, posted.full_count, posted.total};
       if (blocks.total == 0) {

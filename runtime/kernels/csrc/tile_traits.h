@@ -97,7 +97,7 @@ struct TileTraits {
     uint64_t empty_k[kStages];  // both consumer warpgroups are done reading the stage
     uint64_t empty_v[kStages];
     uint64_t full_tile[kTileSlots];   // the producer posted a tile in the slot
-    uint64_t empty_tile[kTileSlots];  // every consumer warp and the loader have read the slot
+    uint64_t empty_tile[kTileSlots];  // every consumer thread and the loader have read the slot
     PostedTile tiles[kTileSlots];
   };
 
