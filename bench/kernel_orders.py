@@ -38,7 +38,7 @@ TILE_ORDER_ARGUMENT = 13
 
 
 def orders_for(
-    mask: BlockMask, q: torch.Tensor, groups: list[int]
+    mask: BlockMask, q: torch.Tensor, groups: list[int], tail_waves: tuple[int, ...] = ()
 ) -> dict[str, torch.Tensor | None]:
     """The orders compared on one row, by name; the wrapper's first, then the same again."""
     batch, heads, q_len, _ = q.shape
@@ -54,6 +54,11 @@ def orders_for(
     for group in groups:
         orders[f"classes-per-{group}-heads"] = ops.long_tiles_first_order(
             mask, **shape, heads_per_group=group
+        )
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if tail_waves else 0
+    for waves in tail_waves:
+        orders[f"sorted-last-{waves}-waves"] = ops.long_tiles_first_order(
+            mask, **shape, sorted_tail=waves * sms
         )
     return orders
 
@@ -76,10 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--groups", default="4,8", help="heads per group, comma-separated")
+    parser.add_argument(
+        "--tail-waves",
+        default="",
+        help="also the kernel's own order with its last N waves of tiles sorted, comma-separated",
+    )
     parser.add_argument("--masks", default=",".join(MASK_NAMES))
     add_kernel_arguments(parser)
     args = parser.parse_args(argv)
     groups = [int(g) for g in args.groups.split(",") if g]
+    tail_waves = tuple(int(w) for w in args.tail_waves.split(",") if w)
     if not load_kernel(args.library):
         return 1
     op = _kernel_op()
@@ -89,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         arguments = ops.op_arguments(q, k, v, block_mask=problem.mask)
         sides: dict[str, Any] = {
             order_name: partial(op, *with_tile_order(arguments, order))
-            for order_name, order in orders_for(problem.mask, q, groups).items()
+            for order_name, order in orders_for(problem.mask, q, groups, tail_waves).items()
         }
         sides["cudnn_dense"] = partial(cudnn_attention, q, k, v, causal=False)
         times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)

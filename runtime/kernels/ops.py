@@ -126,6 +126,7 @@ def long_tiles_first_order(
     heads: int,
     q_blocks: int,
     heads_per_group: int | None = None,
+    sorted_tail: int | None = None,
 ) -> torch.Tensor:
     """The kernel's tiles as int32 tile numbers for the op's `tile_order`, in classes of the
     key blocks each visits (1, 2-3, 4-7, ...), the longest class first; within a class the
@@ -134,11 +135,19 @@ def long_tiles_first_order(
     sort keep few heads' K/V in flight, so they stay in L2 (bench/schedule_model.py).
     `heads_per_group`: classes within each group of that many (batch, head) pairs, one group
     after another, for fewer heads in flight where a class spans them all (S4K random masks:
-    15 heads per wave against the kernel's own 5; an experiment, `bench.kernel_orders`)."""
+    15 heads per wave against the kernel's own 5; an experiment, `bench.kernel_orders`).
+    `sorted_tail`: instead, the kernel's own order with only its last that many tiles sorted,
+    longest first, so that the order keeps one head's K/V in flight at a time until the end
+    (run 20: the classes read K/V from DRAM twice at S16K random-0.25; an experiment)."""
     counts = (
         block_mask.kv_num_blocks[..., :q_blocks] + block_mask.full_kv_num_blocks[..., :q_blocks]
     )
     counts = counts.expand(batch, heads, q_blocks).flip(-1).reshape(-1)
+    if sorted_tail is not None:
+        start = max(counts.numel() - sorted_tail, 0)
+        order = torch.arange(counts.numel(), device=counts.device)
+        order[start:] = start + torch.argsort(counts[start:], descending=True, stable=True)
+        return order.to(torch.int32)
     _, exponent = torch.frexp(counts.float())  # floor(log2(count)) + 1, and 0 for no blocks
     if heads_per_group is None:
         return torch.argsort(exponent, descending=True, stable=True).to(torch.int32)

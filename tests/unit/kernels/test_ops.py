@@ -64,6 +64,20 @@ def test_grouped_long_tiles_first_order_takes_the_classes_one_group_of_heads_at_
     assert torch.equal(everything, ops.long_tiles_first_order(mask, batch=1, heads=4, q_blocks=8))
 
 
+def test_sorted_tail_order_keeps_the_kernels_order_and_sorts_only_the_last_tiles() -> None:
+    """The causal tiles over 2 heads (each head's 8 visiting 8 down to 1 key blocks): the first
+    4 in the kernel's order, the last 12 (head 0's last 4, all of head 1's) longest first, ties
+    in the kernel's order; a tail longer than the tiles sorts them all."""
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    order = ops.long_tiles_first_order(mask, batch=1, heads=2, q_blocks=8, sorted_tail=12)
+    assert order.dtype == torch.int32
+    assert order.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+    everything = ops.long_tiles_first_order(mask, batch=1, heads=2, q_blocks=8, sorted_tail=99)
+    assert everything.tolist() == [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+
+
 def test_no_tile_order_while_the_keys_span_under_16_blocks() -> None:
     mask = compile_block_mask(PatternConfig(), batch=64, q_len=1920, kv_len=1920)
     q = torch.zeros(64, 12, 1920, 64, dtype=torch.bfloat16)
