@@ -74,6 +74,17 @@ def length_classes_per_4_heads(blocks: torch.Tensor, global_m_blocks: int) -> li
     return sorted(order, key=lambda tile: (tile[0] // 4, -int(blocks[tile]).bit_length()))
 
 
+SORTED_TAIL_SMS = 132  # the H100's SMs: the waves that `sorted_last_2_waves` sorts
+
+
+def sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
+    """`descending` with only its last two waves of tiles (2 x 132) sorted longest first
+    (`ops.long_tiles_first_order` with `sorted_tail`): one head in flight until the end."""
+    order = descending(blocks, global_m_blocks)
+    start = max(len(order) - 2 * SORTED_TAIL_SMS, 0)
+    return order[:start] + sorted(order[start:], key=lambda tile: -int(blocks[tile]))
+
+
 def heads_in_flight(tiles: Sequence[Tile], workers: int) -> float:
     """Mean distinct heads per `workers` consecutive tiles: a proxy for the K/V that must share
     L2 at once (the model prices none of it)."""
@@ -87,6 +98,7 @@ ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
     "length-classes-first": length_classes_first,
     "length-classes-per-4-heads": length_classes_per_4_heads,
     "longest-first": longest_first,
+    "sorted-last-2-waves": sorted_last_2_waves,
 }
 
 

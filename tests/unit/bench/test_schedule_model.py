@@ -21,6 +21,7 @@ from bench.schedule_model import (
     length_classes_first,
     length_classes_per_4_heads,
     makespan,
+    sorted_last_2_waves,
     span_in_blocks,
     split_costs,
     visited_blocks,
@@ -97,6 +98,18 @@ def test_the_models_grouped_classes_are_the_ops_grouped_order() -> None:
     tiles = [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in grouped.tolist()]
     assert tiles == length_classes_per_4_heads(blocks, 0)
     assert tiles != length_classes_first(blocks, 0)
+
+
+def test_the_models_sorted_tail_is_the_ops_sorted_tail_order() -> None:
+    """320 tiles: the first 56 in the kernel's order, the last 264 (two waves) longest first."""
+    mask = masks_for(8, 5120, ["random-0.1"], device="cpu")["random-0.1"]
+    blocks = visited_blocks(mask, 8)
+    q_blocks = blocks.shape[1]
+    order = long_tiles_first_order(mask, batch=1, heads=8, q_blocks=q_blocks, sorted_tail=264)
+    tiles = [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
+    assert tiles == sorted_last_2_waves(blocks, 0)
+    assert tiles[:56] == descending(blocks, 0)[:56]
+    assert tiles != descending(blocks, 0)
 
 
 def test_fit_costs_recovers_the_costs_that_made_the_times() -> None:
