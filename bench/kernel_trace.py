@@ -3,7 +3,8 @@
 A library built with SAS_KERNEL_TRACE=1 under its own op namespace writes the SM's clock at
 fixed points of every tile (runtime/kernels/csrc/trace.h): when the producer posts the tile,
 issues its Q, its first K and its last V, and when each consumer warpgroup reads the tile,
-sees Q and the first K land, has the last P V landed, and has issued the output's stores. Per
+sees Q and the first K land, has the first block's P ready, has the last P V landed, has the
+output normalised and in shared memory, and has issued the output's stores. Per
 case this times base and the traced build side by side (what the trace itself costs), soaks
 the traced build under CUDA-graph replays (the card at its sustained clock), reads the last
 launch's timeline and prints, over the tiles past each CTA's first, the mean and median of:
@@ -11,8 +12,13 @@ launch's timeline and prints, over the tiles past each CTA's first, the mean and
 - `wait for tile`: a warpgroup's stores of the previous tile issued -> its read of this tile
   (the warpgroups' mean);
 - `wait for Q`, `wait for K0`: the tile read -> Q landed -> the first K landed;
-- `blocks`: the first K landed -> the last P V landed, and per block;
-- `epilogue`: the last P V landed -> the output's stores issued;
+- `blocks`: the first K landed -> the last P V landed, and per block; of it `first block`:
+  the first K landed -> the first block's P ready (the pipeline's fill: S_0 and S_1, their
+  softmax and P_0 V_0 when the tile has two blocks or more);
+- `epilogue`: the last P V landed -> the output's stores issued; of it `normalise` (-> the
+  rows divided by their sums), `to shared` (-> the tile converted and written to shared
+  memory, both warpgroup barriers passed) and `store issue` (-> the TMA store and the LSE
+  stores issued);
 - the producer's `schedule` (its previous tile's last V issued -> this tile posted: the tile
   counter, the tile order and the block counts read; below zero since the kernel's scheduler
   thread posts a tile before the loader has issued the last V of the one before), how long
@@ -60,13 +66,25 @@ from sas_runtime.kernels import ops
 
 # csrc/trace.h's layout.
 TRACE_TILES = 256
-TRACE_EVENTS = 16
+TRACE_EVENTS = 24
 PRODUCER_POSTED, PRODUCER_Q_ISSUED, PRODUCER_K0_ISSUED, PRODUCER_LAST_V_ISSUED, BLOCKS = range(5)
-CONSUMER, CONSUMER_STRIDE, WARPGROUPS = 5, 5, 2
-TAKEN, Q_READY, K0_READY, LOOP_DONE, STORED = range(5)
+CONSUMER, CONSUMER_STRIDE, WARPGROUPS = 5, 8, 2
+TAKEN, Q_READY, K0_READY, LOOP_DONE, STORED, FIRST_BLOCK_DONE, NORMALISED, OUTPUT_IN_SHARED = range(
+    8
+)
 START_CLOCK, START_NS, END_CLOCK, END_NS, SM = range(5)
 
-CONSUMER_INTERVALS = ("wait for tile", "wait for Q", "wait for K0", "blocks", "epilogue")
+CONSUMER_INTERVALS = (
+    "wait for tile",
+    "wait for Q",
+    "wait for K0",
+    "blocks",
+    "first block",
+    "epilogue",
+    "normalise",
+    "to shared",
+    "store issue",
+)
 PRODUCER_INTERVALS = ("schedule", "posted ahead", "Q issued ahead", "K0 issued ahead")
 
 
@@ -133,7 +151,11 @@ def tile_records(trace: Sequence[Sequence[Sequence[int]]]) -> list[dict[str, Any
                 "wait for Q": _mean_interval(row, TAKEN, Q_READY),
                 "wait for K0": _mean_interval(row, Q_READY, K0_READY),
                 "blocks": _mean_interval(row, K0_READY, LOOP_DONE),
+                "first block": _mean_interval(row, K0_READY, FIRST_BLOCK_DONE),
                 "epilogue": _mean_interval(row, LOOP_DONE, STORED),
+                "normalise": _mean_interval(row, LOOP_DONE, NORMALISED),
+                "to shared": _mean_interval(row, NORMALISED, OUTPUT_IN_SHARED),
+                "store issue": _mean_interval(row, OUTPUT_IN_SHARED, STORED),
                 "wait for tile": None,
                 "tile": None,
                 "schedule": None,

@@ -280,6 +280,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       }
       take_probabilities(tSrS);
     }
+    trace(kTraceFirstBlockDone);
     CUTE_NO_UNROLL
     for (int j = first_loop_block; j < blocks.total; ++j) {
       const int previous_stage = kv_ring.stage();
@@ -327,13 +328,15 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       ++kv_ring.count;
       float lse[kRows];
       softmax.finish(tOrO_rc, lse);
+      trace(kTraceNormalised);
       float unit_scale[kRows];
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
         unit_scale[r] = 1.f;
       }
       store_output<Traits>(args.tma_o, smem, tOrO, unit_scale, mma_pv, tScS_rc, lse, p,
-                           tile.m_block, tile.head, tile.batch, thread);
+                           tile.m_block, tile.head, tile.batch, thread,
+                           [&] { trace(kTraceOutputInShared); });
       trace(kTraceStored);
     }
   }

@@ -18,16 +18,22 @@ using namespace cute;
 // reserved ones).
 constexpr int kEpilogueBarrier = 1;
 
+// Nothing to do once the output is in shared memory (store_output's default).
+struct NoHook {
+  CUTE_DEVICE void operator()() const {}
+};
+
 // `out` is a thread's output accumulator, stored as `out * row_scale` per row; `tiled_pv` the
 // P V MMA, `coords_rc` the (rows, cols) view of its tile coordinates; `thread` counts
-// consumer threads.
-template <class Traits, int kRows, class Output, class TiledMma, class CoordsRC>
+// consumer threads; `in_shared` runs once the tile is in shared memory (the kernel's trace).
+template <class Traits, int kRows, class Output, class TiledMma, class CoordsRC,
+          class InShared = NoHook>
 CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
                               typename Traits::SharedStorage& smem, Output const& out,
                               const float (&row_scale)[kRows], TiledMma const& tiled_pv,
                               CoordsRC const& coords_rc, const float (&lse)[kRows],
                               BlockSparseFwdParams const& p, int m_block, int head, int batch,
-                              int thread) {
+                              int thread, InShared const& in_shared = {}) {
   using Element = typename Traits::Element;
   constexpr int kWarpgroupRows = Traits::kRowsPerWarpgroup;
   const int warpgroup = thread / 128;
@@ -55,6 +61,7 @@ CUTE_DEVICE void store_output(typename Traits::TmaO const& tma_o,
   copy(smem_copy, thr_copy.retile_S(converted), thr_copy.partition_D(sO));
   cutlass::arch::fence_view_async_shared();  // visible to the TMA unit
   cutlass::arch::NamedBarrier::arrive_and_wait(128, barrier);
+  in_shared();
   if (issuer) {
     Tensor sO_half = make_tensor(make_smem_ptr(smem.o.data() + warpgroup * kWarpgroupRows *
                                                                    Traits::kHeadDim),

@@ -11,7 +11,7 @@ namespace sas {
 // One row of kTraceEvents int64 per (CTA, tile the CTA took, up to kTraceTiles), then one
 // header row per CTA. A slot left 0 was not reached (an empty tile has only its taken events).
 constexpr int kTraceTiles = 256;
-constexpr int kTraceEvents = 16;
+constexpr int kTraceEvents = 24;
 enum TraceEvent : int {
   kTraceProducerPosted = 0,  // the tile is posted: counter, order and block counts are read
   kTraceProducerQIssued = 1,
@@ -20,12 +20,15 @@ enum TraceEvent : int {
   kTraceBlocks = 4,  // not a clock: the tile's block count
   // A consumer warpgroup's events: kTraceConsumer + kTraceConsumerStride * warpgroup + event.
   kTraceConsumer = 5,
-  kTraceConsumerStride = 5,
-  kTraceTaken = 0,     // the posted tile is read
-  kTraceQReady = 1,    // Q has landed
-  kTraceK0Ready = 2,   // the first K block has landed
-  kTraceLoopDone = 3,  // the last P V has landed (the carried kernel: the last S, its P V waits)
-  kTraceStored = 4,    // the output's stores are issued (the plain kernel only)
+  kTraceConsumerStride = 8,
+  kTraceTaken = 0,           // the posted tile is read
+  kTraceQReady = 1,          // Q has landed
+  kTraceK0Ready = 2,         // the first K block has landed
+  kTraceLoopDone = 3,        // the last P V has landed (the carried kernel: the last S)
+  kTraceStored = 4,          // the output's stores are issued (the plain kernel only)
+  kTraceFirstBlockDone = 5,  // the first block's P is ready, the loop over the rest begins
+  kTraceNormalised = 6,      // the output is normalised (the plain kernel only)
+  kTraceOutputInShared = 7,  // the output tile is in shared memory, its store not yet issued
 };
 // The header row: the clock and the global timer (ns) when the CTA starts and when its
 // consumers finish, and the SM it ran on.

@@ -17,8 +17,8 @@ def empty_trace(ctas: int) -> list[list[list[int]]]:
 
 def fill_cta(rows: list[list[int]], block_counts: list[int], start_ns: int) -> None:
     """A CTA whose tiles take PER_TILE_US + blocks * PER_BLOCK_US each: Q lands 0.5 us after
-    a tile is read, K0 0.25 us later, the epilogue takes 0.75 us and the next tile is read
-    at once; the producer posts each tile 1 us after the last V of the one before (issued 2 us
+    a tile is read, K0 0.25 us later, the first block takes 0.6 us, the epilogue 0.75 us
+    (normalise 0.1, to shared 0.4, store issue 0.25) and the next tile is read at once; the producer posts each tile 1 us after the last V of the one before (issued 2 us
     into it), Q 0.1 us later and K0 0.2 us later."""
     clock = 1000  # the CTA's start, in cycles
 
@@ -40,7 +40,10 @@ def fill_cta(rows: list[list[int]], block_counts: list[int], start_ns: int) -> N
             row[base + kt.TAKEN] = at(now)
             row[base + kt.Q_READY] = at(now + 0.5)
             row[base + kt.K0_READY] = at(now + 0.75)
+            row[base + kt.FIRST_BLOCK_DONE] = at(now + 1.35)
             row[base + kt.LOOP_DONE] = at(now + tile_us - 0.75)
+            row[base + kt.NORMALISED] = at(now + tile_us - 0.65)
+            row[base + kt.OUTPUT_IN_SHARED] = at(now + tile_us - 0.25)
             row[base + kt.STORED] = at(now + tile_us)
         last_v = now + 2.0
         row[kt.PRODUCER_LAST_V_ISSUED] = at(last_v)
@@ -69,7 +72,11 @@ def test_intervals_are_read_in_microseconds_at_each_ctas_clock() -> None:
     assert second["wait for Q"] == pytest.approx(0.5, abs=1e-3)
     assert second["wait for K0"] == pytest.approx(0.25, abs=1e-3)
     assert second["blocks"] == pytest.approx(PER_TILE_US + 4 * PER_BLOCK_US - 1.5, abs=1e-3)
+    assert second["first block"] == pytest.approx(0.6, abs=1e-3)
     assert second["epilogue"] == pytest.approx(0.75, abs=1e-3)
+    assert second["normalise"] == pytest.approx(0.1, abs=1e-3)
+    assert second["to shared"] == pytest.approx(0.4, abs=1e-3)
+    assert second["store issue"] == pytest.approx(0.25, abs=1e-3)
     assert second["wait for tile"] == pytest.approx(0.0, abs=1e-3)
     assert second["tile"] == pytest.approx(PER_TILE_US + 4 * PER_BLOCK_US, abs=1e-3)
     assert second["schedule"] == pytest.approx(1.0, abs=1e-3)
