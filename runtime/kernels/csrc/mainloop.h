@@ -87,7 +87,8 @@ CUTE_DEVICE void post_tile(SharedStorage& smem, RingPosition<kSlots>& ring,
 // The readers' side: every consumer thread, and the loader's one thread, reads the posted tile.
 // Each consumer thread then frees the slot for its own read (kRelease). One arrival per warp
 // after __syncwarp left the other lanes' reads unordered before the next post, as racecheck
-// found: ptxas drops the warp barrier of a converged warp. The loader frees the slot later.
+// found: in the SASS no warp barrier stood between the reads and the arrival. The loader
+// frees the slot later.
 template <bool kRelease = true, class SharedStorage, int kSlots>
 CUTE_DEVICE PostedTile take_posted_tile(SharedStorage& smem, RingPosition<kSlots>& ring) {
   const int slot = ring.stage();
