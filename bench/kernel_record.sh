@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # The recorded run of the kernel as it is in this tree, on the device machine: build,
-# compute-sanitizer (memcheck, racecheck, synccheck) on the small case, the full
-# `python -m bench.kernel` with FlexAttention, ncu on the main case (S16K D128 random 0.25), then
-# every GPU test. The tests come last so that a call's time limit cuts them first: kernel_ab.sh
-# has already run the kernel's own GPU tests on any variant it measured. STEPS (some of
-# sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under
-# OUT: NAME.json (the bench's result), NAME-bench.txt, NAME-targets.txt (`bench.kernel_targets`
-# of it), NAME-clocks.csv (the card's clock and power during the bench), NAME-build.log,
+# compute-sanitizer (memcheck, racecheck, synccheck) on the small case, the full `python -m
+# bench.kernel` with FlexAttention, ncu on the main case (S16K D128 random 0.25), then every GPU
+# test. The tests come last so that a call's time limit cuts them first: kernel_ab.sh has
+# already run the kernel's own GPU tests on any variant it measured. STEPS (some of
+# sanitizer,bench,ncu,tests) runs only those; the build always runs. Everything lands under OUT:
+# NAME.json (the bench's result), NAME-bench.txt, NAME-targets.txt (`bench.kernel_targets` of
+# it), NAME-clocks.csv (the card's clock and power during the bench), NAME-build.log,
 # NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt, NAME-ncu.txt, NAME-ncu-stalls.txt (the main
-# case's stall reasons and tensor-pipe metrics), NAME-ncu-sass.csv (the stall samples of each
-# SASS instruction), NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and
-# NAME.ncu-rep. The `trace` step (only when named) builds the kernel again with its timeline
-# on (SAS_KERNEL_TRACE=1) and runs `python -m bench.kernel_trace` on TRACE_CASE (cases as
-# NCU_CASE's, ";"-separated): NAME-trace.json, NAME-trace.txt, and NAME-trace-clocks.csv (the
-# card's clock and power through it, as NAME-clocks.csv through the bench). A step that fails
-# is reported and the rest still run; the exit status says whether all passed. PATCHES
-# (comma-separated patch files) are applied to the tree first, so a variant an A/B just
-# measured can be recorded before it is committed.
+# case's stall reasons and tensor-pipe metrics), NAME-ncu-memory.txt (its DRAM bytes, L2 hit
+# rate, time and clock), NAME-ncu-sass.csv (the stall samples of each SASS instruction),
+# NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. The `trace`
+# step (only when named) builds the kernel again with its timeline on (SAS_KERNEL_TRACE=1) and
+# runs `python -m bench.kernel_trace` on TRACE_CASE (cases as NCU_CASE's, ";"-separated):
+# NAME-trace.json, NAME-trace.txt, and NAME-trace-clocks.csv (the card's clock and power through
+# it, as NAME-clocks.csv through the bench). A step that fails is reported and the rest still
+# run; the exit status says whether all passed. PATCHES (comma-separated patch files) are
+# applied to the tree first, so a variant an A/B just measured can be recorded before it is
+# committed.
 #
 #   [PATCHES=P1,P2] [STEPS=S1,S2] [NCU_CASE="MASK SEQ_LEN HEAD_DIM"] [TRACE_CASE=...] \
 #     bash bench/kernel_record.sh NAME [bench.kernel args...]
@@ -111,6 +112,11 @@ elif want ncu; then
       >"$out/$tag-ncu-sass.csv" 2>&1 \
       && cd "$repo" && python3 -m bench.ncu_stalls "$out/$tag-ncu-sass.csv" \
       >"$out/$tag-ncu-sass-stalls.txt") || failed+=("ncu source page $ncu_case")
+    # What the launch moved: DRAM bytes read and written, the L2 hit rate, its time and clock
+    # (run 20: the tile order decides how often the random rows read their K/V from DRAM).
+    ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "^ *(dram__bytes_read\.sum|dram__bytes_write\.sum|lts__t_sector_hit_rate\.pct|gpu__time_duration\.sum|sm__cycles_elapsed\.avg\.per_second) " \
+      >"$out/$tag-ncu-memory.txt" || true
+    cat "$out/$tag-ncu-memory.txt"
     cp "$work/main-case.ncu-rep" "$out/$tag.ncu-rep" 2>/dev/null || true
     grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$tag-ncu.txt" || true
     awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$tag-ncu-stalls.txt" \
