@@ -29,13 +29,13 @@ def parse_fixed_mask(name: str) -> tuple[str, int]:
     return parts[1], int(parts[2])
 
 
-def case_mask(name: str, heads: int, seq_len: int) -> BlockMask:
+def case_mask(name: str, heads: int, seq_len: int, device: str = "cuda") -> BlockMask:
     """bench.kernel's mask `name` for the row, or a `fixed-LAYOUT-N` one (seeded by the length,
     as bench.kernel_tile_cost does)."""
     if name.startswith("fixed-"):
         layout, count = parse_fixed_mask(name)
-        return fixed_count_mask(layout, heads, seq_len, count, seed=seq_len)
-    return masks_for(heads, seq_len, [name])[name]
+        return fixed_count_mask(layout, heads, seq_len, count, seed=seq_len, device=device)
+    return masks_for(heads, seq_len, [name], device=device)[name]
 
 
 def main(argv: list[str] | None = None) -> int:

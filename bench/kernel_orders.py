@@ -33,6 +33,9 @@ from bench.kernel import (
 from sas_runtime.block_mask import BlockMask
 from sas_runtime.kernels import ops
 
+# Tiles of at least twice the mean block count go first in the long-then-sorted orders.
+LONG_FIRST = 2.0
+
 # Where `tile_order` sits among the op's arguments (its schema in block_sparse_attention.cpp).
 TILE_ORDER_ARGUMENT = 13
 
@@ -60,6 +63,9 @@ def orders_for(
         orders[f"sorted-last-{waves}-waves"] = ops.long_tiles_first_order(
             mask, **shape, sorted_tail=waves * sms
         )
+        orders[f"long-then-sorted-last-{waves}-waves"] = ops.long_tiles_first_order(
+            mask, **shape, sorted_tail=waves * sms, long_first=LONG_FIRST
+        )
     return orders
 
 
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tail-waves",
         default="",
-        help="also the kernel's own order with its last N waves of tiles sorted, comma-separated",
+        help="also the kernel's own order with its last N waves of tiles sorted (and with the"
+        " longest tiles first), comma-separated",
     )
     parser.add_argument("--masks", default=",".join(MASK_NAMES))
     add_kernel_arguments(parser)

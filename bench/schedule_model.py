@@ -85,6 +85,17 @@ def sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile
     return order[:start] + sorted(order[start:], key=lambda tile: -int(blocks[tile]))
 
 
+def long_then_sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
+    """Tiles of at least twice the mean block count first, longest first, then the rest as
+    `sorted_last_2_waves` (`ops.long_tiles_first_order` with `sorted_tail` and `long_first`)."""
+    mean = float(blocks.double().mean())
+    order = descending(blocks, global_m_blocks)
+    long = sorted((t for t in order if blocks[t] >= 2 * mean), key=lambda t: -int(blocks[t]))
+    rest = [t for t in order if blocks[t] < 2 * mean]
+    start = max(len(rest) - 2 * SORTED_TAIL_SMS, 0)
+    return long + rest[:start] + sorted(rest[start:], key=lambda tile: -int(blocks[tile]))
+
+
 def heads_in_flight(tiles: Sequence[Tile], workers: int) -> float:
     """Mean distinct heads per `workers` consecutive tiles: a proxy for the K/V that must share
     L2 at once (the model prices none of it)."""
@@ -99,6 +110,7 @@ ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
     "length-classes-per-4-heads": length_classes_per_4_heads,
     "longest-first": longest_first,
     "sorted-last-2-waves": sorted_last_2_waves,
+    "long-then-sorted-last-2-waves": long_then_sorted_last_2_waves,
 }
 
 

@@ -127,6 +127,7 @@ def long_tiles_first_order(
     q_blocks: int,
     heads_per_group: int | None = None,
     sorted_tail: int | None = None,
+    long_first: float | None = None,
 ) -> torch.Tensor:
     """The kernel's tiles as int32 tile numbers for the op's `tile_order`, in classes of the
     key blocks each visits (1, 2-3, 4-7, ...), the longest class first; within a class the
@@ -138,16 +139,24 @@ def long_tiles_first_order(
     15 heads per wave against the kernel's own 5; an experiment, `bench.kernel_orders`).
     `sorted_tail`: instead, the kernel's own order with only its last that many tiles sorted,
     longest first, so that the order keeps one head's K/V in flight at a time until the end
-    (run 20: the classes read K/V from DRAM twice at S16K random-0.25; an experiment)."""
+    (run 20: the classes read K/V from DRAM twice at S16K random-0.25; an experiment).
+    `long_first` (with `sorted_tail`): tiles visiting at least that many times the mean block
+    count go first, longest first, and the sorted tail is taken over the rest (global rows,
+    too long for any tail; bench.schedule_model and bench.dram_model price both)."""
     counts = (
         block_mask.kv_num_blocks[..., :q_blocks] + block_mask.full_kv_num_blocks[..., :q_blocks]
     )
     counts = counts.expand(batch, heads, q_blocks).flip(-1).reshape(-1)
     if sorted_tail is not None:
-        start = max(counts.numel() - sorted_tail, 0)
-        order = torch.arange(counts.numel(), device=counts.device)
-        order[start:] = start + torch.argsort(counts[start:], descending=True, stable=True)
-        return order.to(torch.int32)
+        tiles = torch.arange(counts.numel(), device=counts.device)
+        first = tiles[:0]
+        if long_first is not None:
+            long = counts >= long_first * counts.float().mean()
+            first = tiles[long][torch.argsort(counts[long], descending=True, stable=True)]
+            tiles = tiles[~long]
+        start = max(tiles.numel() - sorted_tail, 0)
+        tail = tiles[start:][torch.argsort(counts[tiles[start:]], descending=True, stable=True)]
+        return torch.cat([first, tiles[:start], tail]).to(torch.int32)
     _, exponent = torch.frexp(counts.float())  # floor(log2(count)) + 1, and 0 for no blocks
     if heads_per_group is None:
         return torch.argsort(exponent, descending=True, stable=True).to(torch.int32)

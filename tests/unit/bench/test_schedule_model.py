@@ -20,6 +20,7 @@ from bench.schedule_model import (
     last_wave_split,
     length_classes_first,
     length_classes_per_4_heads,
+    long_then_sorted_last_2_waves,
     makespan,
     sorted_last_2_waves,
     span_in_blocks,
@@ -110,6 +111,19 @@ def test_the_models_sorted_tail_is_the_ops_sorted_tail_order() -> None:
     assert tiles == sorted_last_2_waves(blocks, 0)
     assert tiles[:56] == descending(blocks, 0)[:56]
     assert tiles != descending(blocks, 0)
+
+
+def test_the_models_long_then_sorted_tail_is_the_ops_order() -> None:
+    """Global + window over 8 heads: the global rows (every key block) go first."""
+    mask = masks_for(8, 5120, ["global-window"], device="cpu")["global-window"]
+    blocks = visited_blocks(mask, 8)
+    q_blocks = blocks.shape[1]
+    order = long_tiles_first_order(
+        mask, batch=1, heads=8, q_blocks=q_blocks, sorted_tail=264, long_first=2.0
+    )
+    tiles = [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
+    assert tiles == long_then_sorted_last_2_waves(blocks, 0)
+    assert {m for _, m in tiles[:16]} == {0, 1}  # 256 global tokens: two query blocks a head
 
 
 def test_fit_costs_recovers_the_costs_that_made_the_times() -> None:

@@ -78,6 +78,18 @@ def test_sorted_tail_order_keeps_the_kernels_order_and_sorts_only_the_last_tiles
     assert everything.tolist() == [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
 
 
+def test_long_first_puts_the_longest_tiles_before_the_sorted_tail() -> None:
+    """The same causal tiles (mean 4.5 blocks): those of 7 or 8 blocks (>= 1.5 x the mean) go
+    first, longest first; the rest keep the kernel's order with their last 4 sorted."""
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    order = ops.long_tiles_first_order(
+        mask, batch=1, heads=2, q_blocks=8, sorted_tail=4, long_first=1.5
+    )
+    assert order.tolist() == [0, 8, 1, 9, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]
+
+
 def test_no_tile_order_while_the_keys_span_under_16_blocks() -> None:
     mask = compile_block_mask(PatternConfig(), batch=64, q_len=1920, kv_len=1920)
     q = torch.zeros(64, 12, 1920, 64, dtype=torch.bfloat16)
