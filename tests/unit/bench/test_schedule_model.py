@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from bench.kernel import masks_for
 from bench.schedule_model import (
     ORDERS,
+    Tile,
     descending,
     fit,
     fit_costs,
@@ -91,37 +93,33 @@ def test_kernel_order_is_length_classes_only_where_the_kernel_reorders() -> None
     assert kernel_order(short, heads=16, sms=132) == descending(visited_blocks(short, 16), 0)
 
 
-def test_the_models_grouped_classes_are_the_ops_grouped_order() -> None:
-    mask = masks_for(8, 5120, ["random-0.1"], device="cpu")["random-0.1"]
+def ops_order(mask_name: str, **options: Any) -> tuple[torch.Tensor, list[Tile]]:
+    """8 heads at S5120 (320 tiles): the mask's visited blocks, and `ops.long_tiles_first_order`
+    with `options` as the model's (head, query block) tiles."""
+    mask = masks_for(8, 5120, [mask_name], device="cpu")[mask_name]
     blocks = visited_blocks(mask, 8)
     q_blocks = blocks.shape[1]
-    grouped = long_tiles_first_order(mask, batch=1, heads=8, q_blocks=q_blocks, heads_per_group=4)
-    tiles = [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in grouped.tolist()]
+    order = long_tiles_first_order(mask, batch=1, heads=8, q_blocks=q_blocks, **options)
+    return blocks, [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
+
+
+def test_the_models_grouped_classes_are_the_ops_grouped_order() -> None:
+    blocks, tiles = ops_order("random-0.1", heads_per_group=4)
     assert tiles == length_classes_per_4_heads(blocks, 0)
     assert tiles != length_classes_first(blocks, 0)
 
 
 def test_the_models_sorted_tail_is_the_ops_sorted_tail_order() -> None:
-    """320 tiles: the first 56 in the kernel's order, the last 264 (two waves) longest first."""
-    mask = masks_for(8, 5120, ["random-0.1"], device="cpu")["random-0.1"]
-    blocks = visited_blocks(mask, 8)
-    q_blocks = blocks.shape[1]
-    order = long_tiles_first_order(mask, batch=1, heads=8, q_blocks=q_blocks, sorted_tail=264)
-    tiles = [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
+    """The first 56 tiles in the kernel's order, the last 264 (two waves) longest first."""
+    blocks, tiles = ops_order("random-0.1", sorted_tail=264)
     assert tiles == sorted_last_2_waves(blocks, 0)
     assert tiles[:56] == descending(blocks, 0)[:56]
     assert tiles != descending(blocks, 0)
 
 
 def test_the_models_long_then_sorted_tail_is_the_ops_order() -> None:
-    """Global + window over 8 heads: the global rows (every key block) go first."""
-    mask = masks_for(8, 5120, ["global-window"], device="cpu")["global-window"]
-    blocks = visited_blocks(mask, 8)
-    q_blocks = blocks.shape[1]
-    order = long_tiles_first_order(
-        mask, batch=1, heads=8, q_blocks=q_blocks, sorted_tail=264, long_first=2.0
-    )
-    tiles = [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
+    """Global + window: the global rows (every key block) go first."""
+    blocks, tiles = ops_order("global-window", sorted_tail=264, long_first=2.0)
     assert tiles == long_then_sorted_last_2_waves(blocks, 0)
     assert {m for _, m in tiles[:16]} == {0, 1}  # 256 global tokens: two query blocks a head
 
