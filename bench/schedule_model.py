@@ -53,10 +53,14 @@ def global_rows_first(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
     return first + rest
 
 
+def longest_first_of(tiles: Sequence[Tile], blocks: torch.Tensor) -> list[Tile]:
+    """`tiles` longest first, ties in their given order."""
+    return sorted(tiles, key=lambda tile: -int(blocks[tile]))
+
+
 def longest_first(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
     """Longest processing time first over every tile (ties in `descending` order)."""
-    order = descending(blocks, global_m_blocks)
-    return sorted(order, key=lambda tile: -int(blocks[tile]))
+    return longest_first_of(descending(blocks, global_m_blocks), blocks)
 
 
 def length_classes_first(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
@@ -77,23 +81,26 @@ def length_classes_per_4_heads(blocks: torch.Tensor, global_m_blocks: int) -> li
 SORTED_TAIL_SMS = 132  # the H100's SMs: the waves that `sorted_last_2_waves` sorts
 
 
+def with_last_2_waves_sorted(tiles: list[Tile], blocks: torch.Tensor) -> list[Tile]:
+    """`tiles` with only their last two waves (2 x 132) sorted longest first."""
+    start = max(len(tiles) - 2 * SORTED_TAIL_SMS, 0)
+    return tiles[:start] + longest_first_of(tiles[start:], blocks)
+
+
 def sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
-    """`descending` with only its last two waves of tiles (2 x 132) sorted longest first
+    """`descending` with only its last two waves of tiles sorted longest first
     (`ops.long_tiles_first_order` with `sorted_tail`): one head in flight until the end."""
-    order = descending(blocks, global_m_blocks)
-    start = max(len(order) - 2 * SORTED_TAIL_SMS, 0)
-    return order[:start] + sorted(order[start:], key=lambda tile: -int(blocks[tile]))
+    return with_last_2_waves_sorted(descending(blocks, global_m_blocks), blocks)
 
 
 def long_then_sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
     """Tiles of at least twice the mean block count first, longest first, then the rest as
     `sorted_last_2_waves` (`ops.long_tiles_first_order` with `sorted_tail` and `long_first`)."""
-    mean = float(blocks.double().mean())
+    long_count = 2 * float(blocks.double().mean())
     order = descending(blocks, global_m_blocks)
-    long = sorted((t for t in order if blocks[t] >= 2 * mean), key=lambda t: -int(blocks[t]))
-    rest = [t for t in order if blocks[t] < 2 * mean]
-    start = max(len(rest) - 2 * SORTED_TAIL_SMS, 0)
-    return long + rest[:start] + sorted(rest[start:], key=lambda tile: -int(blocks[tile]))
+    long = [tile for tile in order if blocks[tile] >= long_count]
+    rest = [tile for tile in order if blocks[tile] < long_count]
+    return longest_first_of(long, blocks) + with_last_2_waves_sorted(rest, blocks)
 
 
 def heads_in_flight(tiles: Sequence[Tile], workers: int) -> float:
