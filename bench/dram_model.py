@@ -17,12 +17,18 @@ random-0.25 2.06, random-0.1 2.35; `--check` prints the model beside those figur
 from __future__ import annotations
 
 import argparse
-import heapq
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from bench.kernel_case import case_mask
-from bench.schedule_model import ORDERS, Tile, heads_in_flight, kernel_order, visited_blocks
+from bench.schedule_model import (
+    ORDERS,
+    Tile,
+    heads_in_flight,
+    kernel_order,
+    start_times,
+    visited_blocks,
+)
 from sas_runtime.block_mask import BlockMask
 
 # Run 20's ncu, S16K D128 (bench/results/kernel-run20-2026-12-07/ncu-bytes/): K/V read from
@@ -61,21 +67,23 @@ def block_reads(
     tile_us: float,
     block_us: float,
     sms: int,
-) -> Iterator[tuple[float, int, int]]:
+) -> list[tuple[float, int, int]]:
     """(time, head, key block) of every K/V block read, in time order: each tile starts when
-    the first of `sms` CTAs is free and reads its blocks one per `block_us` after `tile_us`."""
-    free_at = [0.0] * sms
-    reads: list[tuple[float, int, int]] = []
-    for head, m in order:
-        start = heapq.heappop(free_at)
-        blocks = lists[head][m]
-        reads += [(start + tile_us + j * block_us, head, block) for j, block in enumerate(blocks)]
-        heapq.heappush(free_at, start + tile_us + len(blocks) * block_us)
-    reads.sort()
-    yield from reads
+    the first of `sms` CTAs is free (`schedule_model.start_times`) and reads its blocks one per
+    `block_us` after `tile_us`."""
+    blocks = [lists[head][m] for head, m in order]
+    costs = [tile_us + len(tile_blocks) * block_us for tile_blocks in blocks]
+    reads = [
+        (start + tile_us + j * block_us, head, block)
+        for start, (head, _), tile_blocks in zip(
+            start_times(costs, sms), order, blocks, strict=True
+        )
+        for j, block in enumerate(tile_blocks)
+    ]
+    return sorted(reads)
 
 
-def dram_reads(reads: Iterator[tuple[float, int, int]], capacity: int) -> tuple[int, int]:
+def dram_reads(reads: Iterable[tuple[float, int, int]], capacity: int) -> tuple[int, int]:
     """(misses, distinct blocks) of an LRU cache of `capacity` blocks over the reads."""
     cache: OrderedDict[tuple[int, int], None] = OrderedDict()
     seen: set[tuple[int, int]] = set()
@@ -91,11 +99,6 @@ def dram_reads(reads: Iterator[tuple[float, int, int]], capacity: int) -> tuple[
         if len(cache) > capacity:
             cache.popitem(last=False)
     return misses, len(seen)
-
-
-def mask_for(name: str, heads: int, seq_len: int) -> BlockMask:
-    """bench.kernel's masks and bench.kernel_case's `fixed-LAYOUT-N`, on the CPU."""
-    return case_mask(name, heads, seq_len, device="cpu")
 
 
 def kv_over_least(
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"S16K, the wrapper's order, L2 {args.l2_mb:g} MB: K/V from DRAM over the least")
         for name, measured in MEASURED_RUN20.items():
-            mask = mask_for(name, args.heads, 16384)
+            mask = case_mask(name, args.heads, 16384, device="cpu")
             order = kernel_order(mask, args.heads, args.sms)
             model = kv_over_least(mask, order, args.heads, capacity=capacity, **costs)
             print(f"  {name:16s} model {model:5.2f}   measured {measured:5.2f}")
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mask':16s} {'S':>6s}  " + "  ".join(f"{o:>24s}" for o in ["wrapper", *ORDERS]))
     for seq_len in map(int, args.seq_lens.split(",")):
         for name in args.masks.split(","):
-            mask = mask_for(name, args.heads, seq_len)
+            mask = case_mask(name, args.heads, seq_len, device="cpu")
             blocks = visited_blocks(mask, args.heads)
             orders = {"wrapper": kernel_order(mask, args.heads, args.sms)}
             orders |= {o: ORDERS[o](blocks, 0) for o in ORDERS}

@@ -133,12 +133,22 @@ def kernel_order(mask: BlockMask, heads: int, sms: int) -> list[Tile]:
     return [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
 
 
+def start_times(costs: Sequence[float], workers: int) -> list[float]:
+    """When each of `costs`, taken in order by the first free of `workers`, starts."""
+    free_at = [0.0] * workers
+    starts = []
+    for cost in costs:
+        start = heapq.heappop(free_at)
+        starts.append(start)
+        heapq.heappush(free_at, start + cost)
+    return starts
+
+
 def makespan(costs: Sequence[float], workers: int) -> float:
     """When the last of `costs`, taken in order by the first free of `workers`, ends."""
-    free_at = [0.0] * workers
-    for cost in costs:
-        heapq.heappush(free_at, heapq.heappop(free_at) + cost)
-    return max(free_at)
+    return max(
+        (s + c for s, c in zip(start_times(costs, workers), costs, strict=True)), default=0.0
+    )
 
 
 def last_wave_split(counts: Sequence[int], sms: int, min_chunk_blocks: int) -> list[list[int]]:
