@@ -99,12 +99,13 @@ elif want ncu; then
     say "ncu on $ncu_mask S$ncu_seq_len D$ncu_head_dim"
     # One profile, printed twice: the sections, and the raw stall-reason metrics (the sections
     # print only the cycles per issued instruction, not what the warps waited on).
-    rm -f "$work/main-case.ncu-rep"
+    rm -f "$work/main-case.ncu-rep" "$work/main-case-raw.txt"
     (cd "$repo" && timeout -s KILL 120 ncu --clock-control none --set full -o "$work/main-case" \
       -k regex:block_sparse_fwd -s 2 -c 1 python3 -m bench.kernel_case --mask "$ncu_mask" \
       --seq-len "$ncu_seq_len" --head-dim "$ncu_head_dim" >"$out/$tag-ncu.txt" 2>&1 \
       && ncu -i "$work/main-case.ncu-rep" --page details >>"$out/$tag-ncu.txt" 2>&1 \
-      && ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|^ *sm__pipe_tensor" \
+      && ncu -i "$work/main-case.ncu-rep" --page raw >"$work/main-case-raw.txt" 2>&1 \
+      && grep -E "issue_stalled|^ *sm__pipe_tensor" "$work/main-case-raw.txt" \
       >"$out/$tag-ncu-stalls.txt") || failed+=("ncu $ncu_case")
     # Where the warps stall, per SASS instruction (the sampled stall reasons of each line), and
     # the report itself for the Nsight Compute UI.
@@ -114,8 +115,8 @@ elif want ncu; then
       >"$out/$tag-ncu-sass-stalls.txt") || failed+=("ncu source page $ncu_case")
     # What the launch moved: DRAM bytes read and written, the L2 hit rate, its time and clock
     # (run 20: the tile order decides how often the random rows read their K/V from DRAM).
-    ncu -i "$work/main-case.ncu-rep" --page raw 2>&1 | grep -E "^ *(dram__bytes_read\.sum|dram__bytes_write\.sum|lts__t_sector_hit_rate\.pct|gpu__time_duration\.sum|sm__cycles_elapsed\.avg\.per_second) " \
-      >"$out/$tag-ncu-memory.txt" || true
+    grep -E "^ *(dram__bytes_read\.sum|dram__bytes_write\.sum|lts__t_sector_hit_rate\.pct|gpu__time_duration\.sum|sm__cycles_elapsed\.avg\.per_second) " \
+      "$work/main-case-raw.txt" >"$out/$tag-ncu-memory.txt" 2>/dev/null || true
     cat "$out/$tag-ncu-memory.txt"
     cp "$work/main-case.ncu-rep" "$out/$tag.ncu-rep" 2>/dev/null || true
     grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$tag-ncu.txt" || true
