@@ -180,12 +180,12 @@ struct Producer {
     for (PostedTile posted = take_posted_tile<false>(smem, tile_ring);
          posted.index < scheduler.num_tiles();
          posted = take_posted_tile<false>(smem, tile_ring)) {
-      const int posted_slot = (tile_ring.count - 1) % Traits::kTileSlots;
+      const int traced_tile = tile_ring.count - 1;  // the tile's number in the CTA
+      const int posted_slot = traced_tile % Traits::kTileSlots;
       const BlockList blocks{posted.full, posted.partial, posted.full_count, posted.total};
       if (blocks.total == 0) {
         free_slot(posted_slot);
       }
-      const int traced_tile = tile_ring.count - 1;
       const Tile tile = posted.tile;
       const int kv_head = tile.head / (p.heads / p.kv_heads);
       Tensor gK = local_tile(mK(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
