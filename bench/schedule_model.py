@@ -34,7 +34,7 @@ import torch
 
 from bench.kernel import BLOCK, MASK_NAMES, masks_for
 from sas_runtime.block_mask import BlockMask
-from sas_runtime.kernels.ops import long_tiles_first_order, orders_tiles
+from sas_runtime.kernels.ops import orders_tiles, wrapper_tile_order
 
 Tile = tuple[int, int]  # (head, query block)
 
@@ -78,29 +78,43 @@ def length_classes_per_4_heads(blocks: torch.Tensor, global_m_blocks: int) -> li
     return sorted(order, key=lambda tile: (tile[0] // 4, -int(blocks[tile]).bit_length()))
 
 
-SORTED_TAIL_SMS = 132  # the H100's SMs: the waves that `sorted_last_2_waves` sorts
+SORTED_TAIL_SMS = 132  # the H100's SMs: a wave of the sorted-tail orders
 
 
-def with_last_2_waves_sorted(tiles: list[Tile], blocks: torch.Tensor) -> list[Tile]:
-    """`tiles` with only their last two waves (2 x 132) sorted longest first."""
-    start = max(len(tiles) - 2 * SORTED_TAIL_SMS, 0)
+def with_last_waves_sorted(tiles: list[Tile], blocks: torch.Tensor, waves: int) -> list[Tile]:
+    """`tiles` with only their last `waves` waves (waves x 132) sorted longest first."""
+    start = max(len(tiles) - waves * SORTED_TAIL_SMS, 0)
     return tiles[:start] + longest_first_of(tiles[start:], blocks)
 
 
 def sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
     """`descending` with only its last two waves of tiles sorted longest first
     (`ops.long_tiles_first_order` with `sorted_tail`): one head in flight until the end."""
-    return with_last_2_waves_sorted(descending(blocks, global_m_blocks), blocks)
+    return with_last_waves_sorted(descending(blocks, global_m_blocks), blocks, 2)
 
 
-def long_then_sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
-    """Tiles of at least twice the mean block count first, longest first, then the rest as
-    `sorted_last_2_waves` (`ops.long_tiles_first_order` with `sorted_tail` and `long_first`)."""
+def long_then_sorted_last_waves(
+    blocks: torch.Tensor, global_m_blocks: int, waves: int
+) -> list[Tile]:
+    """Tiles of at least twice the mean block count first, longest first, then the rest in
+    `descending` order with their last `waves` waves sorted (`ops.long_tiles_first_order`
+    with `sorted_tail` and `long_first`)."""
     long_count = 2 * float(blocks.double().mean())
     order = descending(blocks, global_m_blocks)
     long = [tile for tile in order if blocks[tile] >= long_count]
     rest = [tile for tile in order if blocks[tile] < long_count]
-    return longest_first_of(long, blocks) + with_last_2_waves_sorted(rest, blocks)
+    return longest_first_of(long, blocks) + with_last_waves_sorted(rest, blocks, waves)
+
+
+def long_then_sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
+    """`long_then_sorted_last_waves` over two waves."""
+    return long_then_sorted_last_waves(blocks, global_m_blocks, 2)
+
+
+def long_then_sorted_last_4_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile]:
+    """`long_then_sorted_last_waves` over four: the wrapper's order since run 21
+    (`ops.wrapper_tile_order`)."""
+    return long_then_sorted_last_waves(blocks, global_m_blocks, 4)
 
 
 def heads_in_flight(tiles: Sequence[Tile], workers: int) -> float:
@@ -118,17 +132,18 @@ ORDERS: dict[str, Callable[[torch.Tensor, int], list[Tile]]] = {
     "longest-first": longest_first,
     "sorted-last-2-waves": sorted_last_2_waves,
     "long-then-sorted-last-2-waves": long_then_sorted_last_2_waves,
+    "long-then-sorted-last-4-waves": long_then_sorted_last_4_waves,
 }
 
 
 def kernel_order(mask: BlockMask, heads: int, sms: int) -> list[Tile]:
-    """The order the kernel runs for this mask (batch 1): `ops.long_tiles_first_order` where
+    """The order the kernel runs for this mask (batch 1): `ops.wrapper_tile_order` where
     `ops.orders_tiles` says the wrapper applies it, else the kernel's own."""
     q_blocks = mask.kv_num_blocks.shape[-1]
     kv_blocks = mask.kv_indices.shape[-1]
     if not orders_tiles(heads * q_blocks, kv_blocks, sms):
         return descending(visited_blocks(mask, heads), 0)
-    order = long_tiles_first_order(mask, batch=1, heads=heads, q_blocks=q_blocks)
+    order = wrapper_tile_order(mask, batch=1, heads=heads, q_blocks=q_blocks, sms=sms)
     # The kernel numbers tiles one head at a time, query blocks from the last down.
     return [(i // q_blocks, q_blocks - 1 - i % q_blocks) for i in order.tolist()]
 

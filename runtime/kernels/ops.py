@@ -26,6 +26,7 @@ __all__ = [
     "op_arguments",
     "orders_tiles",
     "unavailable_reason",
+    "wrapper_tile_order",
 ]
 
 BLOCK_SIZE = 128
@@ -137,12 +138,14 @@ def long_tiles_first_order(
     `heads_per_group`: classes within each group of that many (batch, head) pairs, one group
     after another, for fewer heads in flight where a class spans them all (S4K random masks:
     15 heads per wave against the kernel's own 5; an experiment, `bench.kernel_orders`).
+    The classes were the wrapper's order from run 7 to run 20.
     `sorted_tail`: instead, the kernel's own order with only its last that many tiles sorted,
     longest first, so that the order keeps one head's K/V in flight at a time until the end
-    (run 20: the classes read K/V from DRAM twice at S16K random-0.25; an experiment).
+    (run 20: the classes read K/V from DRAM twice at S16K random-0.25).
     `long_first` (with `sorted_tail`): tiles visiting at least that many times the mean block
     count go first, longest first, and the sorted tail is taken over the rest (global rows,
-    too long for any tail; bench.schedule_model and bench.dram_model price both)."""
+    too long for any tail; bench.schedule_model and bench.dram_model price both). With both,
+    the wrapper's order since run 21 (`wrapper_tile_order`)."""
     counts = (
         block_mask.kv_num_blocks[..., :q_blocks] + block_mask.full_kv_num_blocks[..., :q_blocks]
     )
@@ -170,12 +173,37 @@ _tile_orders: weakref.WeakKeyDictionary[BlockMask, dict[tuple[int, int, int], to
 )
 
 
+SORTED_TAIL_WAVES = 4
+"""The wrapper's order sorts only the kernel order's last 4 waves of tiles (4 x the SMs)."""
+
+LONG_FIRST = 2.0
+"""... after the tiles visiting at least twice the mean block count (global rows)."""
+
+
+def wrapper_tile_order(
+    block_mask: BlockMask, *, batch: int, heads: int, q_blocks: int, sms: int
+) -> torch.Tensor:
+    """The order the wrapper gives the kernel: `long_tiles_first_order` with the tiles of at
+    least `LONG_FIRST` x the mean block count first, then the kernel's own order (one head's
+    K/V in flight at a time) with its last `SORTED_TAIL_WAVES` waves sorted longest first.
+    Run 21 (bench.kernel_orders, D128): 2-8% faster than the length classes at S4K and 0.5-5%
+    at S16K, whose classes read K/V from DRAM up to twice (bench.dram_model)."""
+    return long_tiles_first_order(
+        block_mask,
+        batch=batch,
+        heads=heads,
+        q_blocks=q_blocks,
+        sorted_tail=SORTED_TAIL_WAVES * sms,
+        long_first=LONG_FIRST,
+    )
+
+
 MIN_KV_BLOCKS_TO_ORDER = 16
 """Below 16 key blocks (2,048 keys) no tile is long enough for its tail to matter."""
 
 
 def orders_tiles(tiles: int, kv_blocks: int, sms: int) -> bool:
-    """Whether the wrapper gives the kernel `long_tiles_first_order`: only when some tile misses
+    """Whether the wrapper gives the kernel `wrapper_tile_order`: only when some tile misses
     the first wave (more tiles than SMs) and a tile can visit 16 key blocks or more."""
     return tiles > sms and kv_blocks >= MIN_KV_BLOCKS_TO_ORDER
 
@@ -183,7 +211,7 @@ def orders_tiles(tiles: int, kv_blocks: int, sms: int) -> bool:
 def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Tensor | None:
     """The schedule for this call: None when order cannot matter (every tile fits the first
     wave) or cannot matter much (no tile can visit 16 key blocks); else
-    `long_tiles_first_order`, computed once per mask and shape by an eager call on plain
+    `wrapper_tile_order`, computed once per mask and shape by an eager call on plain
     tensors. A graph capture uses that order if it exists (its values are final; a mask
     refreshed in place later only makes it a worse schedule, never a wrong one) and otherwise
     computes its own inside the graph, uncached; torch.compile and fake tensors always compute
@@ -197,13 +225,14 @@ def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Te
     if not orders_tiles(batch * heads * q_blocks, kv_blocks, sms):
         return None
     plain = type(q) is torch.Tensor and type(block_mask.kv_num_blocks) is torch.Tensor
+    shape = {"batch": batch, "heads": heads, "q_blocks": q_blocks, "sms": sms}
     if torch.compiler.is_compiling() or not plain:
-        return long_tiles_first_order(block_mask, batch=batch, heads=heads, q_blocks=q_blocks)
+        return wrapper_tile_order(block_mask, **shape)
     key = (batch, heads, q_blocks)
     cached = _tile_orders.get(block_mask, {}).get(key)
     if cached is not None:
         return cached
-    order = long_tiles_first_order(block_mask, batch=batch, heads=heads, q_blocks=q_blocks)
+    order = wrapper_tile_order(block_mask, **shape)
     if not torch.cuda.is_current_stream_capturing():
         _tile_orders.setdefault(block_mask, {})[key] = order
     return order

@@ -68,6 +68,33 @@ def test_every_order_compared_takes_every_tile_once() -> None:
             assert sorted(order.tolist()) == list(range(2 * 4 * 8)), name
 
 
+def test_the_sorted_tail_orders_come_one_per_wave_count_and_factor() -> None:
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    q = torch.zeros(1, 2, 1024, 64, dtype=torch.bfloat16)
+    orders = kernel_orders.orders_for(
+        mask, q, groups=[], tail_waves=(1, 4), long_first=(1.5, 2.0), sms=3
+    )
+    assert list(orders)[3:] == [
+        "sorted-last-1-waves",
+        "long-1.5x-then-sorted-last-1-waves",
+        "long-2x-then-sorted-last-1-waves",
+        "sorted-last-4-waves",
+        "long-1.5x-then-sorted-last-4-waves",
+        "long-2x-then-sorted-last-4-waves",
+    ]
+    shape = {"batch": 1, "heads": 2, "q_blocks": 8}
+    wrapper = orders["long-2x-then-sorted-last-4-waves"]
+    assert wrapper is not None
+    assert torch.equal(wrapper, ops.wrapper_tile_order(mask, **shape, sms=3))
+    tail = orders["long-1.5x-then-sorted-last-1-waves"]
+    assert tail is not None
+    assert torch.equal(
+        tail, ops.long_tiles_first_order(mask, **shape, sorted_tail=3, long_first=1.5)
+    )
+
+
 def test_each_row_times_every_order_beside_cudnn_and_reports_them_over_the_wrappers(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,6 +23,7 @@ from bench.schedule_model import (
     length_classes_first,
     length_classes_per_4_heads,
     long_then_sorted_last_2_waves,
+    long_then_sorted_last_4_waves,
     makespan,
     sorted_last_2_waves,
     span_in_blocks,
@@ -82,12 +83,18 @@ def test_heads_in_flight_counts_distinct_heads_per_wave() -> None:
     assert heads_in_flight([(0, 1), (0, 0), (1, 1), (2, 0)], workers=2) == 1.5
 
 
-def test_kernel_order_is_length_classes_only_where_the_kernel_reorders() -> None:
-    # The kernel's order comes from ops.long_tiles_first_order; the model's own length-classes
+def test_kernel_order_is_the_wrappers_only_where_the_kernel_reorders() -> None:
+    # The kernel's order comes from ops.wrapper_tile_order; the model's own long-then-sorted
     # order must agree with it tile for tile.
+    wide = masks_for(16, 5120, ["random-0.25"], device="cpu")["random-0.25"]  # 640 tiles
+    order = kernel_order(wide, heads=16, sms=132)
+    blocks = visited_blocks(wide, 16)
+    assert order == long_then_sorted_last_4_waves(blocks, 0)
+    counts = [int(blocks[tile]) for tile in order]
+    assert counts[-528:] == sorted(counts[-528:], reverse=True)  # the last 4 waves only
+    assert counts != sorted(counts, reverse=True)
     mask = masks_for(4, 5120, ["random-0.25"], device="cpu")["random-0.25"]  # 40 x 40 blocks
     blocks = visited_blocks(mask, 4)
-    assert kernel_order(mask, heads=4, sms=132) == length_classes_first(blocks, 0)
     assert kernel_order(mask, heads=4, sms=160) == descending(blocks, 0)  # one wave
     short = masks_for(16, 1920, ["causal"], device="cpu")["causal"]  # 15 key blocks
     assert kernel_order(short, heads=16, sms=132) == descending(visited_blocks(short, 16), 0)

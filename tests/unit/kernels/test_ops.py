@@ -90,6 +90,17 @@ def test_long_first_puts_the_longest_tiles_before_the_sorted_tail() -> None:
     assert order.tolist() == [0, 8, 1, 9, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]
 
 
+def test_the_wrappers_order_sorts_the_last_waves_after_the_longest_tiles() -> None:
+    """Causal over 2 heads on a 3-SM device: no tile visits 2 x the mean (4.5) blocks, so the
+    kernel's order stands but for its last 4 waves (12 tiles), longest first."""
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    order = ops.wrapper_tile_order(mask, batch=1, heads=2, q_blocks=8, sms=3)
+    assert (ops.SORTED_TAIL_WAVES, ops.LONG_FIRST) == (4, 2.0)
+    assert order.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+
+
 def test_no_tile_order_while_the_keys_span_under_16_blocks() -> None:
     mask = compile_block_mask(PatternConfig(), batch=64, q_len=1920, kv_len=1920)
     q = torch.zeros(64, 12, 1920, 64, dtype=torch.bfloat16)
