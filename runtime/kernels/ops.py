@@ -151,15 +151,18 @@ def long_tiles_first_order(
     )
     counts = counts.expand(batch, heads, q_blocks).flip(-1).reshape(-1)
     if sorted_tail is not None:
-        tiles = torch.arange(counts.numel(), device=counts.device)
-        first = tiles[:0]
+        # One stable sort of a key per tile (no shape depends on the counts, so torch.compile
+        # and graph capture take it as is): the long tiles (group 0), the rest in the kernel's
+        # order (1), its last `sorted_tail` tiles (2); groups 0 and 2 longest first.
+        long = torch.zeros_like(counts, dtype=torch.bool)
         if long_first is not None:
             long = counts >= long_first * counts.float().mean()
-            first = tiles[long][torch.argsort(counts[long], descending=True, stable=True)]
-            tiles = tiles[~long]
-        start = max(tiles.numel() - sorted_tail, 0)
-        tail = tiles[start:][torch.argsort(counts[tiles[start:]], descending=True, stable=True)]
-        return torch.cat([first, tiles[:start], tail]).to(torch.int32)
+        rest = ~long
+        rank = torch.cumsum(rest, 0) - 1  # each of the rest's place among them
+        tail = rest & (rank >= rest.sum() - sorted_tail)
+        group = rest.long() + tail.long()
+        key = (group << 32) - torch.where(group == 1, 0, counts.long())
+        return torch.argsort(key, stable=True).to(torch.int32)
     _, exponent = torch.frexp(counts.float())  # floor(log2(count)) + 1, and 0 for no blocks
     if heads_per_group is None:
         return torch.argsort(exponent, descending=True, stable=True).to(torch.int32)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sas_runtime.block_mask import compile_block_mask
+from sas_runtime.block_mask import BlockMask, ElementMask, compile_block_mask
 from sas_runtime.config import PatternConfig, PatternType
 from sas_runtime.kernels import ops
 
@@ -99,6 +99,51 @@ def test_the_wrappers_order_sorts_the_last_waves_after_the_longest_tiles() -> No
     order = ops.wrapper_tile_order(mask, batch=1, heads=2, q_blocks=8, sms=3)
     assert (ops.SORTED_TAIL_WAVES, ops.LONG_FIRST) == (4, 2.0)
     assert order.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+
+
+@pytest.mark.parametrize("long_first", [None, 1.5])
+def test_sorted_tail_orders_match_a_plain_reading_of_the_rule(long_first: float | None) -> None:
+    """Random masks over 4 heads x 24 query blocks, against the rule spelled out in Python."""
+    torch.manual_seed(5)
+    for density in (0.1, 0.3, 0.8):
+        visited = torch.rand(1, 4, 24, 24) < density
+        mask = BlockMask.from_block_grids(
+            partial_blocks=torch.zeros_like(visited),
+            full_blocks=visited,
+            element_mask=ElementMask(),
+            block_size=128,
+            q_len=24 * 128,
+            kv_len=24 * 128,
+        )
+        counts = (mask.kv_num_blocks + mask.full_kv_num_blocks).flip(-1).reshape(-1).tolist()
+        mean = sum(counts) / len(counts)
+        is_long = [long_first is not None and c >= long_first * mean for c in counts]
+        longest_first = lambda tiles: sorted(tiles, key=lambda t: -counts[t])  # noqa: E731
+        rest = [t for t in range(len(counts)) if not is_long[t]]
+        expected = longest_first([t for t in range(len(counts)) if is_long[t]])
+        expected += rest[:-20] + longest_first(rest[-20:])
+        order = ops.long_tiles_first_order(
+            mask, batch=1, heads=4, q_blocks=24, sorted_tail=20, long_first=long_first
+        )
+        assert order.tolist() == expected
+
+
+def test_the_wrappers_order_compiles_with_a_static_shape() -> None:
+    """torch.compile (and graph capture) take the order as traced: no shape in it depends on
+    the counts, so the op's check of its length holds without a guard on the data."""
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=2100, kv_len=2100
+    )
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def order_for_272_tiles() -> torch.Tensor:
+        order = ops.wrapper_tile_order(mask, batch=2, heads=8, q_blocks=17, sms=4)
+        torch._check(order.shape == (272,))  # type: ignore[no-untyped-call]
+        return order
+
+    eager = ops.wrapper_tile_order(mask, batch=2, heads=8, q_blocks=17, sms=4)
+    assert torch.equal(order_for_272_tiles(), eager)
+    assert sorted(eager.tolist()) == list(range(272))
 
 
 def test_no_tile_order_while_the_keys_span_under_16_blocks() -> None:
