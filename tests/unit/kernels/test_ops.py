@@ -118,10 +118,10 @@ def test_sorted_tail_orders_match_a_plain_reading_of_the_rule(long_first: float 
         counts = (mask.kv_num_blocks + mask.full_kv_num_blocks).flip(-1).reshape(-1).tolist()
         mean = sum(counts) / len(counts)
         is_long = [long_first is not None and c >= long_first * mean for c in counts]
-        longest_first = lambda tiles: sorted(tiles, key=lambda t: -counts[t])  # noqa: E731
         rest = [t for t in range(len(counts)) if not is_long[t]]
-        expected = longest_first([t for t in range(len(counts)) if is_long[t]])
-        expected += rest[:-20] + longest_first(rest[-20:])
+        long = [t for t in range(len(counts)) if is_long[t]]
+        expected = sorted(long, key=counts.__getitem__, reverse=True)
+        expected += rest[:-20] + sorted(rest[-20:], key=counts.__getitem__, reverse=True)
         order = ops.long_tiles_first_order(
             mask, batch=1, heads=4, q_blocks=24, sorted_tail=20, long_first=long_first
         )
