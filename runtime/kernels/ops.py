@@ -189,8 +189,9 @@ def wrapper_tile_order(
     """The order the wrapper gives the kernel: `long_tiles_first_order` with the tiles of at
     least `LONG_FIRST` x the mean block count first, then the kernel's own order (one head's
     K/V in flight at a time) with its last `SORTED_TAIL_WAVES` waves sorted longest first.
-    Run 21 (bench.kernel_orders, D128): 2-8% faster than the length classes at S4K and 0.5-5%
-    at S16K, whose classes read K/V from DRAM up to twice (bench.dram_model)."""
+    Run 21 (bench.kernel_orders, D128): 0-7% faster than the length classes at S4K and 0.5-5%
+    at S16K, where it reads K/V from DRAM 1.4-1.7 times against the classes' 2.1-2.4 (ncu,
+    random masks)."""
     return long_tiles_first_order(
         block_mask,
         batch=batch,

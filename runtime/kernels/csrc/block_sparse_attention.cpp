@@ -221,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
 
 // tile_order: optional int32 [batch * heads * query blocks], a permutation of the tiles (in the
 // kernel's numbering: one (batch, head) at a time, query blocks from the last down) giving the
-// order the persistent CTAs take them in; sas_runtime.kernels.ops.long_tiles_first_order.
+// order the persistent CTAs take them in; sas_runtime.kernels.ops.wrapper_tile_order.
 // carry_last_product: each tile's last P V runs beside the next tile's first Q K^T (the same
 // result; faster on long D128 tiles); sas_runtime.kernels.ops.carries_last_product.
 SAS_TORCH_LIBRARY(sas, m) {
