@@ -9,8 +9,8 @@
 # it), NAME-clocks.csv (the card's clock and power during the bench), NAME-build.log,
 # NAME-gpu-tests.txt, NAME-sanitizer-TOOL.txt, NAME-ncu.txt, NAME-ncu-stalls.txt (the main
 # case's stall reasons and tensor-pipe metrics), NAME-ncu-memory.txt (its DRAM bytes, L2 hit
-# rate, time and clock), NAME-ncu-sass.csv (the stall samples of each SASS instruction),
-# NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. The `trace`
+# rate, time and clock), NAME-ncu-l2.txt (every L2 and DRAM counter), NAME-ncu-sass.csv (the
+# stall samples of each SASS instruction), NAME-ncu-sass-stalls.txt (`python -m bench.ncu_stalls` of it) and NAME.ncu-rep. The `trace`
 # step (only when named) builds the kernel again with its timeline on (SAS_KERNEL_TRACE=1) and
 # runs `python -m bench.kernel_trace` on TRACE_CASE (cases as NCU_CASE's, ";"-separated):
 # NAME-trace.json, NAME-trace.txt, and NAME-trace-clocks.csv (the card's clock and power through
@@ -118,6 +118,9 @@ elif want ncu; then
     grep -E "^ *(dram__bytes_read\.sum|dram__bytes_write\.sum|lts__t_sector_hit_rate\.pct|gpu__time_duration\.sum|sm__cycles_elapsed\.avg\.per_second) " \
       "$work/main-case-raw.txt" >"$out/$tag-ncu-memory.txt" 2>/dev/null || true
     cat "$out/$tag-ncu-memory.txt"
+    # Every L2 and DRAM counter of the profile (hits and misses by source and operation, the
+    # traffic between the L2's two partitions): run 21's order still read K/V 1.4-1.7 times.
+    grep -E "^ *(lts__|dram__)" "$work/main-case-raw.txt" >"$out/$tag-ncu-l2.txt" 2>/dev/null || true
     cp "$work/main-case.ncu-rep" "$out/$tag.ncu-rep" 2>/dev/null || true
     grep -E "Duration|Compute \(SM\) Throughput|Registers Per" "$out/$tag-ncu.txt" || true
     awk '/issue_stalled/ { gsub(",", "", $NF); print $NF, $1 }' "$out/$tag-ncu-stalls.txt" \

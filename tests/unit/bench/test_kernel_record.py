@@ -69,6 +69,8 @@ case " $* " in
   *" --page raw "*)
     echo "    smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio   inst  0.41"
     echo "    smsp__average_warps_issue_stalled_wait_per_issue_active.ratio      inst  1.20"
+    echo "    dram__bytes_read.sum                                              Mbyte 504.76"
+    echo "    lts__t_sectors_srcunit_ltcfabric.sum                              sector 1,234"
     exit 0 ;;
   *" --page source "*)
     echo '"Address","Source","stall_barrier","stall_wait"'
@@ -128,6 +130,12 @@ def test_every_step_runs_and_lands_under_out(stubs: dict[str, str]) -> None:
     assert "stalled_wait" in result.stdout  # the top stall reasons are shown
     sass = (out / "kernel-test-ncu-sass-stalls.txt").read_text()
     assert "/*0000*/ WARPGROUP.DEPBAR.LE gsb0, 0x0" in sass  # and the instructions holding them
+    assert "dram__bytes_read.sum" in (out / "kernel-test-ncu-memory.txt").read_text()
+    l2 = (out / "kernel-test-ncu-l2.txt").read_text().splitlines()
+    assert [line.split()[0] for line in l2] == [
+        "dram__bytes_read.sum",
+        "lts__t_sectors_srcunit_ltcfabric.sum",
+    ]
     assert result.stdout.rstrip().endswith("done")
 
 
