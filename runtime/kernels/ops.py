@@ -146,6 +146,10 @@ def long_tiles_first_order(
     count go first, longest first, and the sorted tail is taken over the rest (global rows,
     too long for any tail; bench.schedule_model and bench.dram_model price both). With both,
     the wrapper's order since run 21 (`wrapper_tile_order`)."""
+    if sorted_tail is not None and heads_per_group is not None:
+        raise ValueError("sorted_tail and heads_per_group are two different orders: give one")
+    if long_first is not None and sorted_tail is None:
+        raise ValueError("long_first goes with sorted_tail")
     counts = (
         block_mask.kv_num_blocks[..., :q_blocks] + block_mask.full_kv_num_blocks[..., :q_blocks]
     )

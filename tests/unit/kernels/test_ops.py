@@ -90,6 +90,17 @@ def test_long_first_puts_the_longest_tiles_before_the_sorted_tail() -> None:
     assert order.tolist() == [0, 8, 1, 9, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]
 
 
+def test_options_of_different_orders_are_refused_together() -> None:
+    mask = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    shape = {"batch": 1, "heads": 2, "q_blocks": 8}
+    with pytest.raises(ValueError, match="two different orders"):
+        ops.long_tiles_first_order(mask, **shape, sorted_tail=4, heads_per_group=1)
+    with pytest.raises(ValueError, match="long_first goes with sorted_tail"):
+        ops.long_tiles_first_order(mask, **shape, long_first=2.0)
+
+
 def test_the_wrappers_order_sorts_the_last_waves_after_the_longest_tiles() -> None:
     """Causal over 2 heads on a 3-SM device: no tile visits 2 x the mean (4.5) blocks, so the
     kernel's order stands but for its last 4 waves (12 tiles), longest first."""
