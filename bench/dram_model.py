@@ -7,8 +7,10 @@ Every K/V block read, in time order over all CTAs, goes through an LRU cache of 
 holding whole K/V block pairs (a 128-key block of K and of V: 64 KB at D128); a miss is a
 read from DRAM. The model prints, per mask and order, the K/V read from DRAM over the least
 (each visited block once) and the mean distinct heads per wave. Run 20 measured the kernel
-(ncu, S16K D128, the length classes, the wrapper's order until run 21): random-1.0 1.07, fixed-random-16 1.03,
-random-0.25 2.06, random-0.1 2.35; `--check` prints the model beside those figures.
+(ncu, S16K D128, the length classes, the wrapper's order until run 21): random-1.0 1.07,
+fixed-random-16 1.03, random-0.25 2.06, random-0.1 2.35; `--check` prints the model beside
+those figures. Run 21 measured the wrapper's new order at 1.38 (random-0.1) and 1.68
+(random-0.25), where the model says 1.00: it misses something there.
 
     python -m bench.dram_model [--masks random-0.1,random-0.25] [--seq-lens 4096,16384]
     python -m bench.dram_model --check [--l2-mb 40]

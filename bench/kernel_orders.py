@@ -9,9 +9,10 @@ dense, every side in every place of the order once (bench.kernel.time_sustained_
 Run 11's ncu of S4K D128 random-0.1 found L2 hits at 40% and the consumers waiting for Q and
 K: the classes put 15 heads' K/V in flight per wave there, the kernel's own order 5.
 
-    python -m bench.kernel_orders --seq-lens 4096,16384 --head-dim 128 --groups "" \
-        --tail-waves 4 --long-first 2,3 --masks random-0.1,random-0.25,global-window \
-        --out bench/results/orders.json"""
+    python -m bench.kernel_orders --seq-lens 4096,16384 --head-dim 128 --groups "" \\
+        --tail-waves 4 --long-first 2,3 --masks random-0.1,random-0.25,global-window \\
+        --out bench/results/orders.json
+"""
 
 from __future__ import annotations
 
