@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import dram_model as dm
 from bench.kernel_case import case_mask
 from bench.schedule_model import descending, visited_blocks
@@ -44,3 +46,14 @@ def test_one_head_at_a_time_reads_each_block_once_and_a_small_l2_more() -> None:
 
     assert over_least(10_000) == 1.0
     assert over_least(4) > 1.5
+
+
+def test_the_model_at_its_default_l2_reproduces_the_measured_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--check`: every ncu measurement of runs 20 and 21 within 7% (25 MB of L2)."""
+    assert dm.main(["--check"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(lines) == len(dm.MEASURED)
+    for *_, model, _, measured in lines:
+        assert abs(float(model) / float(measured) - 1) < 0.07
