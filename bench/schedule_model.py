@@ -34,7 +34,7 @@ import torch
 
 from bench.kernel import BLOCK, MASK_NAMES, masks_for
 from sas_runtime.block_mask import BlockMask
-from sas_runtime.kernels.ops import orders_tiles, wrapper_tile_order
+from sas_runtime.kernels.ops import LONG_FIRST, orders_tiles, wrapper_tile_order
 
 Tile = tuple[int, int]  # (head, query block)
 
@@ -96,10 +96,10 @@ def sorted_last_2_waves(blocks: torch.Tensor, global_m_blocks: int) -> list[Tile
 def long_then_sorted_last_waves(
     blocks: torch.Tensor, global_m_blocks: int, waves: int
 ) -> list[Tile]:
-    """Tiles of at least twice the mean block count first, longest first, then the rest in
-    `descending` order with their last `waves` waves sorted (`ops.long_tiles_first_order`
-    with `sorted_tail` and `long_first`)."""
-    long_count = 2 * float(blocks.double().mean())
+    """Tiles of at least `ops.LONG_FIRST` x the mean block count first, longest first, then the
+    rest in `descending` order with their last `waves` waves sorted
+    (`ops.long_tiles_first_order` with `sorted_tail` and `long_first`)."""
+    long_count = LONG_FIRST * float(blocks.double().mean())
     order = descending(blocks, global_m_blocks)
     long = [tile for tile in order if blocks[tile] >= long_count]
     rest = [tile for tile in order if blocks[tile] < long_count]
