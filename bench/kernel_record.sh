@@ -11,10 +11,11 @@
 # case's stall reasons and tensor-pipe metrics), NAME-ncu-memory.txt (its DRAM bytes, L2 hit
 # rate, time and clock), NAME-ncu-l2.txt (every L2 and DRAM counter), NAME-ncu-sass.csv (the
 # stall samples of each SASS instruction), NAME-ncu-sass-stalls.txt (`python -m
-# bench.ncu_stalls` of it) and NAME.ncu-rep. The `trace` step (only when named) builds the kernel again with its timeline on (SAS_KERNEL_TRACE=1) and
-# runs `python -m bench.kernel_trace` on TRACE_CASE (cases as NCU_CASE's, ";"-separated):
-# NAME-trace.json, NAME-trace.txt, and NAME-trace-clocks.csv (the card's clock and power through
-# it, as NAME-clocks.csv through the bench). A step that fails is reported and the rest still
+# bench.ncu_stalls` of it) and NAME.ncu-rep. The `trace` step (only when named) builds the
+# kernel again with its timeline on (SAS_KERNEL_TRACE=1) and runs `python -m
+# bench.kernel_trace` on TRACE_CASE (cases as NCU_CASE's, ";"-separated): NAME-trace.json,
+# NAME-trace.txt, and NAME-trace-clocks.csv (the card's clock and power through it, as
+# NAME-clocks.csv through the bench). A step that fails is reported and the rest still
 # run; the exit status says whether all passed. PATCHES (comma-separated patch files) are
 # applied to the tree first, so a variant an A/B just measured can be recorded before it is
 # committed.

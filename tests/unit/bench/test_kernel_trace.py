@@ -18,8 +18,9 @@ def empty_trace(ctas: int) -> list[list[list[int]]]:
 def fill_cta(rows: list[list[int]], block_counts: list[int], start_ns: int) -> None:
     """A CTA whose tiles take PER_TILE_US + blocks * PER_BLOCK_US each: Q lands 0.5 us after
     a tile is read, K0 0.25 us later, the first block takes 0.6 us, the epilogue 0.75 us
-    (normalise 0.1, to shared 0.4, store issue 0.25) and the next tile is read at once; the producer posts each tile 1 us after the last V of the one before (issued 2 us
-    into it), Q 0.1 us later and K0 0.2 us later."""
+    (normalise 0.1, to shared 0.4, store issue 0.25) and the next tile is read at once; the
+    producer posts each tile 1 us after the last V of the one before (issued 2 us into it), Q
+    0.1 us later and K0 0.2 us later."""
     clock = 1000  # the CTA's start, in cycles
 
     def at(us: float) -> int:
