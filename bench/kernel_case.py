@@ -6,7 +6,9 @@
 The inputs and mask are bench.kernel's for that row (same seeds), so the profile is of a row
 the result JSON times. A mask named `fixed-LAYOUT-N` is bench.kernel_tile_cost's instead: N
 blocks in every tile, laid out as LAYOUT (random, shared or band). Prints the kernel's time
-per launch (from CUDA events, profiler overhead included when one is attached).
+per launch (from CUDA events, profiler overhead included when one is attached). `--side
+cudnn` launches cuDNN's SDPA on the row's dense problem instead (causal for the causal mask),
+so that the same profiler metrics can be read off the peer (`-k regex:sdpa|fmha|flash`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from bench.kernel import inputs_for, load_kernel, masks_for, queued_ms
+from bench.kernel import cudnn_attention, inputs_for, load_kernel, masks_for, queued_ms
 from bench.kernel_tile_cost import LAYOUTS, fixed_count_mask
 from sas_runtime.block_mask import BlockMask
 from sas_runtime.kernels import ops
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--launches", type=int, default=4)
     parser.add_argument("--library", type=Path, default=None, help="compiled extension")
+    parser.add_argument("--side", choices=("ours", "cudnn"), default="ours")
     args = parser.parse_args(argv)
     if args.mask.startswith("fixed-"):
         try:
@@ -53,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             parser.error(str(error))
 
-    if not load_kernel(args.library):
-        return 1
     q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
-    mask = case_mask(args.mask, args.heads, args.seq_len)
-    per_launch = queued_ms(
-        partial(ops.block_sparse_attention, q, k, v, block_mask=mask), args.launches
+    if args.side == "cudnn":
+        launch = partial(cudnn_attention, q, k, v, causal=args.mask == "causal")
+    else:
+        if not load_kernel(args.library):
+            return 1
+        mask = case_mask(args.mask, args.heads, args.seq_len)
+        launch = partial(ops.block_sparse_attention, q, k, v, block_mask=mask)
+    per_launch = queued_ms(launch, args.launches)
+    print(
+        f"{args.side} {args.mask} S={args.seq_len} D={args.head_dim}: "
+        f"{per_launch:.3f} ms per launch"
     )
-    print(f"{args.mask} S={args.seq_len} D={args.head_dim}: {per_launch:.3f} ms per launch")
     return 0
 
 
