@@ -11,8 +11,11 @@ The H100's L2 is 50 MB in two partitions, but 25 MB is what fits the measurement
 S16K D128 ncu): the length classes at random-0.1 and random-0.25 (run 20: 2.35 and 2.06; the
 model 2.34 and 2.00), random-1.0 and fixed-random-16 (1.07, 1.03; the model 1.00), and run
 21's order, long tiles first and the last 4 waves sorted (1.38 and 1.67; the model 1.38 and
-1.66, where 50 MB gives 1.00 and 1.00). One reading, not yet measured: a block that SMs on
-both sides of the chip read takes a line in each partition.
+1.66, where 50 MB gives 1.00 and 1.00). ncu's L2 counters (run 22) say why: a read that
+misses the SM's near partition is asked of the line's home partition over the fabric, and half
+of those asks hit there (S16K random-0.1: 7.6 M of 14.6 M sectors), so the near partition
+keeps its own copy of lines homed far, and a block that SMs on both sides read takes a line
+in each.
 
     python -m bench.dram_model [--masks random-0.1,random-0.25] [--seq-lens 4096,16384]
     python -m bench.dram_model --check [--l2-mb 50]
