@@ -25,6 +25,7 @@ __all__ = [
     "long_tiles_first_order",
     "op_arguments",
     "orders_tiles",
+    "pairs_share_blocks",
     "unavailable_reason",
     "wrapper_tile_order",
 ]
@@ -99,6 +100,7 @@ def _block_sparse_attention_fwd_fake(
     global_tokens: int,
     tile_order: torch.Tensor | None = None,
     carry_last_product: bool = False,
+    pair_tiles: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _require(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, "q, k, v must be 4-D")
     _require(k.dtype == q.dtype and v.dtype == q.dtype, "q, k, v dtypes differ")
@@ -115,6 +117,10 @@ def _block_sparse_attention_fwd_fake(
         _require(tile_order.dtype == torch.int32, "tile_order must be int32")
         tiles = batch * heads * -(-q_len // BLOCK_SIZE)
         _require(tile_order.shape == (tiles,), "tile_order must hold one entry per tile")
+    if pair_tiles:
+        _require(head_dim == 128, "pair_tiles needs head_dim 128")
+        _require(-(-q_len // BLOCK_SIZE) % 2 == 0, "pair_tiles needs an even count of query blocks")
+        _require(tile_order is None, "pair_tiles runs the kernel's own order: pass no tile_order")
     out = q.new_empty(batch, heads, q_len, head_dim)
     lse = q.new_empty(batch, heads, q_len, dtype=torch.float32)
     return out, lse
@@ -246,6 +252,28 @@ def _tile_order(block_mask: BlockMask, q: torch.Tensor, kv_len: int) -> torch.Te
     return order
 
 
+def pairs_share_blocks(block_mask: BlockMask) -> bool:
+    """Whether query blocks 2 i and 2 i + 1 of every (batch, head) list the same key blocks,
+    full and partial, in the same order (and the count of query blocks is even): what the
+    kernel's `pair_tiles` needs, since each CTA of a pair loads half of every block for both.
+    Dense masks qualify; causal, windowed and most random masks do not. Reads the mask back
+    from the device (a sync)."""
+    counts = (block_mask.kv_num_blocks, block_mask.full_kv_num_blocks)
+    lists = (block_mask.kv_indices, block_mask.full_kv_indices)
+    if counts[0].shape[-1] % 2:
+        return False
+    for count, indices in zip(counts, lists, strict=True):
+        if not torch.equal(count[..., 0::2], count[..., 1::2]):
+            return False
+        used = torch.arange(indices.shape[-1], device=indices.device) < count[..., None]
+        even, odd = indices[..., 0::2, :], indices[..., 1::2, :]
+        if not torch.equal(
+            torch.where(used[..., 0::2, :], even, 0), torch.where(used[..., 1::2, :], odd, 0)
+        ):
+            return False
+    return True
+
+
 MIN_KV_BLOCKS_TO_CARRY = 256
 """From 256 key blocks (32,768 keys) the D128 kernel carries each tile's last product."""
 
@@ -268,11 +296,14 @@ def op_arguments(
     block_mask: BlockMask,
     scale: float | None = None,
     carry_last_product: bool | None = None,
+    pair_tiles: bool = False,
 ) -> tuple[object, ...]:
     """The positional arguments of `block_sparse_attention_fwd` for one call, as
     `block_sparse_attention` passes them to `torch.ops.sas`: the block size checked, the
     schedule settled, the tile order computed or reused. A benchmark passes the same to a
-    variant's namespace (sas_runtime.kernels.build --op-namespace)."""
+    variant's namespace (sas_runtime.kernels.build --op-namespace). pair_tiles (the caller
+    vouches for `pairs_share_blocks`) runs the CTAs in pairs sharing each K/V load, in the
+    kernel's own order; not chosen by the wrapper until measured."""
     if block_mask.block_size != BLOCK_SIZE:
         raise ValueError(
             f"the sparse kernel needs {BLOCK_SIZE}-token blocks, got {block_mask.block_size}"
@@ -294,8 +325,9 @@ def op_arguments(
         element.causal,
         -1 if element.window is None else element.window,
         element.global_tokens,
-        _tile_order(block_mask, q, k.shape[2]),
+        None if pair_tiles else _tile_order(block_mask, q, k.shape[2]),
         carry_last_product,
+        pair_tiles,
     )
 
 
@@ -307,6 +339,7 @@ def block_sparse_attention(
     block_mask: BlockMask,
     scale: float | None = None,
     carry_last_product: bool | None = None,
+    pair_tiles: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention forward on an H100.
 
@@ -315,11 +348,19 @@ def block_sparse_attention(
     applies inside partial blocks only, and keys past its kv_lengths are never seen.
     carry_last_product: which of the kernel's two schedules runs (the same result); None lets
     `carries_last_product` choose from the shapes.
+    pair_tiles: CTAs in pairs sharing each K/V load; only for masks where `pairs_share_blocks`
+    (else the output is wrong), at D128 with an even count of query blocks.
     Returns (out [B, Hq, Sq, D] in q's dtype, lse [B, Hq, Sq] float32, natural log; rows that
     see no key give 0 and -inf).
     """
     arguments = op_arguments(
-        q, k, v, block_mask=block_mask, scale=scale, carry_last_product=carry_last_product
+        q,
+        k,
+        v,
+        block_mask=block_mask,
+        scale=scale,
+        carry_last_product=carry_last_product,
+        pair_tiles=pair_tiles,
     )
     result: tuple[torch.Tensor, torch.Tensor] = torch.ops.sas.block_sparse_attention_fwd(*arguments)
     return result

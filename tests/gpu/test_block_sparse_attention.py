@@ -279,6 +279,7 @@ def _op_args(
     scale: float,
     order: torch.Tensor | None,
     carry: bool = False,
+    pairs: bool = False,
 ) -> tuple[object, ...]:
     """The raw op's arguments: no document ids or key lengths, causal, no window or global rows."""
     return (
@@ -297,6 +298,7 @@ def _op_args(
         0,
         order,
         carry,
+        pairs,
     )
 
 
@@ -425,3 +427,82 @@ def test_runs_of_empty_tiles(head_dim: int, carry: bool) -> None:
     assert bool((lse[~seen] == -torch.inf).all())
     torch.testing.assert_close(lse[seen], ref_lse[seen], rtol=0, atol=2e-3)
     torch.testing.assert_close(out.float()[seen], ref[seen], rtol=0, atol=2e-2)
+
+
+def _paired_random_mask(
+    batch: int, heads: int, q_len: int, kv_len: int, density: float
+) -> BlockMask:
+    """`_random_mask`'s blocks drawn once per pair of query blocks (2 i, 2 i + 1), so that the
+    two rows of a pair list the same key blocks, as pair_tiles needs; partial blocks are cut
+    by a causal element mask, which differs between the two rows."""
+    pairs, kv_blocks = -(-q_len // 256), -(-kv_len // 128)
+    draw = torch.rand(batch, heads, pairs, kv_blocks, device=DEVICE).repeat_interleave(2, dim=2)
+    visited = draw < density
+    visited[:, :, :2] = False  # the first pair of every row sees nothing
+    partial = visited & (draw < density / 2)
+    mask = BlockMask.from_block_grids(
+        partial_blocks=partial,
+        full_blocks=visited & ~partial,
+        element_mask=ElementMask(causal=True),
+        block_size=128,
+        q_len=q_len,
+        kv_len=kv_len,
+    )
+    assert ops.pairs_share_blocks(mask)
+    return mask
+
+
+@pytest.mark.parametrize("carry", [False, True])
+@pytest.mark.parametrize("density", [1.0, 0.3])
+def test_paired_tiles_give_the_plain_kernels_bits(density: float, carry: bool) -> None:
+    """CTAs in pairs, each loading half of every K/V block for both, give the plain kernel's
+    output and LSE bit for bit (the same blocks in the same order), over more pairs than the
+    grid's clusters (2 x 32 heads x 18 query blocks), empty pairs among them."""
+    torch.manual_seed(int(density * 10) + int(carry))
+    case = Case("pairs", 2, 32, 8, 2304, 2100, 128, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    mask = _paired_random_mask(2, 32, 2304, 2100, density)
+    plain = torch.ops.sas.block_sparse_attention_fwd(
+        *_op_args(q, k, v, mask, scale=0.1, order=None, carry=carry)
+    )
+    paired = torch.ops.sas.block_sparse_attention_fwd(
+        *_op_args(q, k, v, mask, scale=0.1, order=None, carry=carry, pairs=True)
+    )
+    assert torch.equal(paired[1], plain[1])
+    assert torch.equal(paired[0], plain[0])
+
+
+def test_paired_tiles_on_a_dense_mask_match_the_reference() -> None:
+    """The dense mask, the case pair_tiles is for, through the wrapper against the float64
+    reference, with the key tail cut inside a block."""
+    torch.manual_seed(21)
+    case = Case("pairs-dense", 1, 8, 8, 1024, 1000, 128, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    mask = _mask(case, q, k)
+    assert ops.pairs_share_blocks(mask)
+    out, lse = ops.block_sparse_attention(q, k, v, block_mask=mask, pair_tiles=True)
+    plain_out, plain_lse = ops.block_sparse_attention(q, k, v, block_mask=mask)
+    assert torch.equal(lse, plain_lse)
+    assert torch.equal(out, plain_out)
+    _check(q, k, v, mask)
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "q_len", "order", "message"),
+    [
+        (64, 256, False, "head_dim 128"),
+        (128, 384, False, "even count"),
+        (128, 256, True, "no tile_order"),
+    ],
+)
+def test_the_kernel_refuses_pairs_it_cannot_run(
+    head_dim: int, q_len: int, order: bool, message: str
+) -> None:
+    case = Case("pairs-refused", 1, 1, 1, q_len, q_len, head_dim, DENSE)
+    q, k, v = _inputs(case, torch.bfloat16)
+    mask = _mask(case, q, k)
+    tiles = torch.arange(-(-q_len // 128), dtype=torch.int32, device=DEVICE) if order else None
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.sas.block_sparse_attention_fwd(
+            *_op_args(q, k, v, mask, scale=0.1, order=tiles, pairs=True)
+        )

@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
     const at::Tensor& full_kv_num_blocks, const at::Tensor& full_kv_indices,
     const std::optional<at::Tensor>& document_ids, const std::optional<at::Tensor>& kv_lengths,
     double scale, bool causal, int64_t window, int64_t global_tokens,
-    const std::optional<at::Tensor>& tile_order, bool carry_last_product) {
+    const std::optional<at::Tensor>& tile_order, bool carry_last_product, bool pair_tiles) {
   check_qkv(q, "q", q);
   check_qkv(k, "k", q);
   check_qkv(v, "v", q);
@@ -191,6 +191,14 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   p.carry_last_product = carry_last_product;
+  if (pair_tiles) {
+    TORCH_CHECK(head_dim == 128, "pair_tiles needs head_dim 128, got ", head_dim);
+    TORCH_CHECK(q_blocks % 2 == 0, "pair_tiles needs an even count of 128-row query blocks, got ",
+                q_blocks);
+    TORCH_CHECK(!tile_order.has_value(),
+                "pair_tiles runs the kernel's own order: pass no tile_order");
+  }
+  p.pair_tiles = pair_tiles;
 
   switch (q.scalar_type()) {
 #ifndef SAS_DISABLE_BF16
@@ -224,12 +232,15 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
 // order the persistent CTAs take them in; sas_runtime.kernels.ops.wrapper_tile_order.
 // carry_last_product: each tile's last P V runs beside the next tile's first Q K^T (the same
 // result; faster on long D128 tiles); sas_runtime.kernels.ops.carries_last_product.
+// pair_tiles: CTAs run in pairs on query blocks 2 i and 2 i + 1 and share each K/V load (D128,
+// an even count of query blocks, no tile_order); the two blocks of every pair must list the
+// same key blocks (sas_runtime.kernels.ops.pairs_share_blocks), or the output is wrong.
 SAS_TORCH_LIBRARY(sas, m) {
   m.def(
       "block_sparse_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, "
       "Tensor kv_indices, Tensor full_kv_num_blocks, Tensor full_kv_indices, "
       "Tensor? document_ids, Tensor? kv_lengths, float scale, bool causal, int window, int global_tokens, "
-      "Tensor? tile_order=None, bool carry_last_product=False) "
+      "Tensor? tile_order=None, bool carry_last_product=False, bool pair_tiles=False) "
       "-> (Tensor out, Tensor lse)");
 #ifdef SAS_KERNEL_TRACE
   // bench/kernel_trace.py: the last call's timeline, in a build with SAS_KERNEL_TRACE=1.

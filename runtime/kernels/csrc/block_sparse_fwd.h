@@ -112,7 +112,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
     warpgroup_fence_operand(tOrO);
     warpgroup_fence_operand(tOrP_carried_a);
     if (tile_pending) {
-      release(&smem.empty_v[pending.v_stage], is_signaller);
+      release_kv<Traits::kClusterM>(&smem.empty_v[pending.v_stage], is_signaller);
       store_output<Traits>(args.tma_o, smem, tOrO, pending_scale, mma_pv, tScS_rc, pending_lse,
                            p, pending.m_block, pending.head, pending.batch, thread);
       tile_pending = false;
@@ -218,7 +218,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       warpgroup_fence_operand(tOrP_a);
-      release(&smem.empty_v[v_stage], is_signaller);
+      release_kv<Traits::kClusterM>(&smem.empty_v[v_stage], is_signaller);
     };
 
     // Block 0: S_0 (kCarry: with the pending tile's last product beside it) and P_0. Then for
@@ -240,7 +240,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       score_block(tSrS1);
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS0);
-      release(&smem.empty_k[stage0], is_signaller);
+      release_kv<Traits::kClusterM>(&smem.empty_k[stage0], is_signaller);
       auto tSrS0_rc = mask_block(0, tSrS0);
       softmax.update(tSrS0_rc, correction);
       take_probabilities(tSrS0);
@@ -248,7 +248,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       warpgroup_gemm_issue<true, true>(mma_pv, tOrP_a, tOrV(_, _, _, stage0), tOrO);
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS1);
-      release(&smem.empty_k[kv_ring.stage()], is_signaller);
+      release_kv<Traits::kClusterM>(&smem.empty_k[kv_ring.stage()], is_signaller);
       auto tSrS1_rc = mask_block(1, tSrS1);
       softmax.update(tSrS1_rc, correction);
       product_landed(stage0);
@@ -259,7 +259,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
       auto score_softmax = [&] {
         warpgroup_fence_operand(tSrS);
-        release(&smem.empty_k[kv_ring.stage()], is_signaller);
+        release_kv<Traits::kClusterM>(&smem.empty_k[kv_ring.stage()], is_signaller);
         auto tSrS_rc = mask_block(0, tSrS);
         softmax.update(tSrS_rc, correction);
       };
@@ -292,7 +292,7 @@ CUTE_DEVICE void consume(TileScheduler const& scheduler, typename Traits::Shared
       warpgroup_gemm_issue<false, true>(mma_pv, tOrP_a, tOrV(_, _, _, previous_stage), tOrO);
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
-      release(&smem.empty_k[kv_ring.stage()], is_signaller);
+      release_kv<Traits::kClusterM>(&smem.empty_k[kv_ring.stage()], is_signaller);
       auto tSrS_rc = mask_block(j, tSrS);
       const bool moved = softmax.update(tSrS_rc, correction);
       if constexpr (kCarry) {
@@ -368,8 +368,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     for (int s = 0; s < Traits::kStages; ++s) {
       TransactionBarrier::init(&smem.full_k[s], 1);
       TransactionBarrier::init(&smem.full_v[s], 1);
-      ReleaseBarrier::init(&smem.empty_k[s], Traits::kWarpgroups);
-      ReleaseBarrier::init(&smem.empty_v[s], Traits::kWarpgroups);
+      // In a pair, the consumer warpgroups of both CTAs (release_kv).
+      ReleaseBarrier::init(&smem.empty_k[s], Traits::kWarpgroups * Traits::kClusterM);
+      ReleaseBarrier::init(&smem.empty_v[s], Traits::kWarpgroups * Traits::kClusterM);
     }
     CUTE_UNROLL
     for (int s = 0; s < Traits::kTileSlots; ++s) {
@@ -380,7 +381,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     cutlass::arch::fence_barrier_init();
     trace_header(args.params.trace, false);
   }
-  __syncthreads();
+  if constexpr (Traits::kClusterM > 1) {
+    // The other CTA's barriers are initialised before anything arrives on them or lands.
+    cute::cluster_arrive_relaxed();
+    cute::cluster_wait();
+  } else {
+    __syncthreads();
+  }
 
   if (thread < 128) {
     // Producer warpgroup: give registers to the consumers; one thread loads K/V, one (in
@@ -395,11 +402,17 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
     consume<Traits, kCarry>(scheduler, smem, args, thread - 128);
   }
+  if constexpr (Traits::kClusterM > 1) {
+    // Neither CTA of a pair leaves while the other may still arrive on its barriers.
+    __syncwarp();
+    cute::cluster_arrive();
+    cute::cluster_wait();
+  }
 #endif
 }
 
 template <class Traits>
-void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream) {
+void launch_tiles(const BlockSparseFwdParams& p, cudaStream_t stream) {
   KernelArgs<Traits> args{p, Traits::make_tma_q(p), Traits::make_tma_k(p), Traits::make_tma_v(p),
                           Traits::make_tma_o(p)};
   const TileScheduler scheduler{(p.q_len + Traits::kBlockM - 1) / Traits::kBlockM, p.heads,
@@ -420,13 +433,51 @@ void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream)
   if (status != cudaSuccess) {
     throw std::runtime_error(std::string("block_sparse_fwd: ") + cudaGetErrorString(status));
   }
-  const int grid = std::min(scheduler.num_tiles(), multiprocessors);
-  kernel<<<grid, Traits::kThreads, kSmemBytes, stream>>>(args, scheduler);
-  status = cudaGetLastError();
+  constexpr int kCluster = Traits::kClusterM;
+  int grid = std::min(scheduler.num_tiles(), multiprocessors) / kCluster * kCluster;
+  if constexpr (kCluster == 1) {
+    kernel<<<grid, Traits::kThreads, kSmemBytes, stream>>>(args, scheduler);
+    status = cudaGetLastError();
+  } else {
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = kCluster;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(grid);
+    config.blockDim = dim3(Traits::kThreads);
+    config.dynamicSmemBytes = kSmemBytes;
+    config.stream = stream;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    // No more pairs than fit at once (a GPC with an odd count of free SMs leaves one idle).
+    int clusters = 0;
+    status = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+    if (status == cudaSuccess && clusters > 0) {
+      config.gridDim = dim3(std::min(grid, clusters * kCluster));
+      status = cudaLaunchKernelEx(&config, kernel, args, scheduler);
+    } else if (status == cudaSuccess) {
+      status = cudaErrorInvalidConfiguration;
+    }
+  }
   if (status != cudaSuccess) {
     throw std::runtime_error(std::string("block_sparse_fwd launch: ") +
                              cudaGetErrorString(status));
   }
+}
+
+// The pair kernel (Traits::kClusterM = 2) exists at D128 only, as FlashAttention 3 clusters
+// only from D128; the op checks pair_tiles against the shapes before it gets here.
+template <DType kDType, int kHeadDim>
+void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream) {
+  if constexpr (kHeadDim == 128) {
+    if (p.pair_tiles) {
+      launch_tiles<TileTraits<kDType, kHeadDim, 2>>(p, stream);
+      return;
+    }
+  }
+  launch_tiles<TileTraits<kDType, kHeadDim>>(p, stream);
 }
 
 }  // namespace sas
@@ -436,5 +487,5 @@ void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream)
   template <>                                                                                  \
   void sas::run_block_sparse_fwd<DTYPE, HEAD_DIM>(const BlockSparseFwdParams& params,          \
                                                   cudaStream_t stream) {                       \
-    launch_block_sparse_fwd<TileTraits<DTYPE, HEAD_DIM>>(params, stream);                      \
+    launch_block_sparse_fwd<DTYPE, HEAD_DIM>(params, stream);                                  \
   }

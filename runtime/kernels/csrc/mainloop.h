@@ -3,6 +3,7 @@
 // asynchronous warpgroup GEMMs that consume them.
 #pragma once
 
+#include <cute/arch/cluster_sm90.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 
@@ -64,6 +65,20 @@ CUTE_DEVICE void release(uint64_t* barrier, bool is_signaller) {
   }
 }
 
+// Hands a K/V buffer back. In a pair both CTAs' loaders write into the slot (each its half of
+// the block), so each consumer warpgroup frees it in both CTAs.
+template <int kClusterM>
+CUTE_DEVICE void release_kv(uint64_t* barrier, bool is_signaller) {
+  if constexpr (kClusterM == 1) {
+    release(barrier, is_signaller);
+  } else {
+    CUTE_UNROLL
+    for (uint32_t cta = 0; cta < kClusterM; ++cta) {
+      ReleaseBarrier::arrive(barrier, cta, is_signaller);
+    }
+  }
+}
+
 // Keeps the compiler from moving shared-memory accesses across an mbarrier wait or arrive (the
 // barrier instructions order them in hardware: arrive releases, wait acquires).
 CUTE_DEVICE void compiler_fence() { asm volatile("" ::: "memory"); }
@@ -116,6 +131,8 @@ struct Producer {
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr int kClusterM = Traits::kClusterM;
+  static constexpr bool kPaired = kClusterM > 1;
 
   CUTE_DEVICE static void schedule(KernelArgs<Traits> const& args, TileScheduler const& scheduler,
                                    SharedStorage& smem) {
@@ -125,11 +142,21 @@ struct Producer {
     RingPosition<Traits::kQStages> q_ring;
     RingPosition<Traits::kTileSlots> tile_ring;
 
-    // The first tile is the CTA's own; each next one is taken once this one's Q is issued.
-    int t = blockIdx.x;
-    for (; t < scheduler.num_tiles(); t = gridDim.x + atomicAdd(p.tile_counter, 1)) {
+    // The first tile is the CTA's own; each next one is taken once this one's Q is issued. A
+    // pair of CTAs takes pairs of tiles (2 i and 2 i + 1: the same head, neighbouring query
+    // blocks) in the kernel's own order, cluster c the pairs c, c + clusters, ...: both CTAs
+    // must load the same blocks in the same order, so no counter and no given order.
+    auto first_tile = [&] {
+      return kPaired ? 2 * int(blockIdx.x / kClusterM) + int(cute::block_rank_in_cluster())
+                     : int(blockIdx.x);
+    };
+    auto next_tile = [&](int t) {
+      return kPaired ? t + int(gridDim.x) : int(gridDim.x) + atomicAdd(p.tile_counter, 1);
+    };
+    int t = first_tile();
+    for (; t < scheduler.num_tiles(); t = next_tile(t)) {
       // A given order is clamped, so that a bad entry repeats a tile rather than leave the tensors.
-      const int index = p.tile_order == nullptr
+      const int index = kPaired || p.tile_order == nullptr
                             ? t
                             : min(max(p.tile_order[t], 0), scheduler.num_tiles() - 1);
       const Tile tile = scheduler.tile(index);
@@ -192,10 +219,21 @@ struct Producer {
                              make_coord(_, _0{}));  // (N, D, n_blocks)
       Tensor gV = local_tile(mV(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
                              make_coord(_, _0{}));  // (N, D, n_blocks)
-      auto [tKgK, tKsK] = tma_partition(args.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK),
-                                        group_modes<0, 2>(gK));
-      auto [tVgV, tVsV] = tma_partition(args.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV),
-                                        group_modes<0, 2>(gV));
+      // In a pair, this CTA's share of each block (its rank's half), multicast to both.
+      const int rank = kPaired ? int(cute::block_rank_in_cluster()) : 0;
+      auto [tKgK, tKsK] = tma_partition(args.tma_k, rank, Layout<Int<kClusterM>>{},
+                                        group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+      auto [tVgV, tVsV] = tma_partition(args.tma_v, rank, Layout<Int<kClusterM>>{},
+                                        group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+      // Each load lands in both CTAs of a pair and completes on both CTAs' barriers.
+      auto load_block = [&](auto const& tma, uint64_t& full, auto const& source,
+                            auto&& destination) {
+        if constexpr (kPaired) {
+          copy(tma.with(full, uint16_t((1 << kClusterM) - 1)), source, destination);
+        } else {
+          copy(tma.with(full), source, destination);
+        }
+      };
       for (int j = 0; j < blocks.total; ++j, ++kv_ring.count) {
         const int stage = kv_ring.stage();
         const int round = kv_ring.round();
@@ -209,7 +247,7 @@ struct Producer {
           ReleaseBarrier::wait(&smem.empty_k[stage], (round - 1) & 1);
         }
         TransactionBarrier::arrive_and_expect_tx(&smem.full_k[stage], Traits::kKVBytes);
-        copy(args.tma_k.with(smem.full_k[stage]), tKgK(_, n_block), tKsK(_, stage));
+        load_block(args.tma_k, smem.full_k[stage], tKgK(_, n_block), tKsK(_, stage));
         if (j == 0) {
           trace_event(p.trace, traced_tile, kTraceProducerK0Issued);
         }
@@ -217,7 +255,7 @@ struct Producer {
           ReleaseBarrier::wait(&smem.empty_v[stage], (round - 1) & 1);
         }
         TransactionBarrier::arrive_and_expect_tx(&smem.full_v[stage], Traits::kKVBytes);
-        copy(args.tma_v.with(smem.full_v[stage]), tVgV(_, n_block), tVsV(_, stage));
+        load_block(args.tma_v, smem.full_v[stage], tVgV(_, n_block), tVsV(_, stage));
       }
       trace_event(p.trace, traced_tile, kTraceProducerLastVIssued);
     }

@@ -50,6 +50,9 @@ struct BlockSparseFwdParams {
   const int32_t* tile_order;
   // Each tile's last P V product runs beside the next tile's first Q K^T (see `consume`).
   bool carry_last_product;
+  // CTAs run in pairs on query blocks 2 i and 2 i + 1, whose block lists must be the same
+  // (TileTraits' kClusterM): D128 and an even count of query blocks; tile_order is ignored.
+  bool pair_tiles;
 
   // bench/kernel_trace.py's timeline (trace.h), written only by SAS_KERNEL_TRACE builds.
   int64_t* trace;

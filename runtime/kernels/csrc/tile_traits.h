@@ -7,6 +7,8 @@
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
+#include <type_traits>
+
 #include "params.h"
 #include "tile_scheduler.h"
 
@@ -25,12 +27,18 @@ struct ElementOf<DType::kFloat16> {
   using type = cutlass::half_t;
 };
 
-template <DType kDType_, int kHeadDim_>
+// kClusterM_ 2: CTAs run in clusters of two that take the two query blocks of a pair (same
+// head, same key blocks) together, each loading half of every K/V block and multicasting it
+// into both CTAs, so the L2 serves each block once per pair (FlashAttention 3's ClusterM = 2
+// for non-causal D >= 128).
+template <DType kDType_, int kHeadDim_, int kClusterM_ = 1>
 struct TileTraits {
   using Element = typename ElementOf<kDType_>::type;
   using ElementAccum = float;
 
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kClusterM = kClusterM_;
+  static_assert(kClusterM == 1 || kClusterM == 2, "CTAs run alone or in pairs");
   static constexpr int kBlockM = 128;  // query rows per CTA, 64 per consumer warpgroup
   static constexpr int kBlockN = 128;  // keys per mask block
   static constexpr int kStages = kHeadDim <= 64 ? 3 : 2;  // K/V ring depth
@@ -94,7 +102,7 @@ struct TileTraits {
     uint64_t empty_q[kQStages];
     uint64_t full_k[kStages];   // TMA landed (transaction count)
     uint64_t full_v[kStages];
-    uint64_t empty_k[kStages];  // both consumer warpgroups are done reading the stage
+    uint64_t empty_k[kStages];  // both consumer warpgroups (of both CTAs in a pair) are done
     uint64_t empty_v[kStages];
     uint64_t full_tile[kTileSlots];   // the producer posted a tile in the slot
     uint64_t empty_tile[kTileSlots];  // every consumer thread and the loader have read the slot
@@ -136,13 +144,15 @@ struct TileTraits {
     return make_tma_copy(SM90_TMA_LOAD{}, gmem_q(p), take<0, 2>(SmemLayoutQ{}),
                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
   }
+  // K/V: in a pair, each CTA's copy loads its half of the block into both CTAs.
+  using TmaLoadKV = std::conditional_t<kClusterM == 1, SM90_TMA_LOAD, SM90_TMA_LOAD_MULTICAST>;
   static auto make_tma_k(const BlockSparseFwdParams& p) {
-    return make_tma_copy(SM90_TMA_LOAD{}, gmem_k(p), take<0, 2>(SmemLayoutKV{}),
-                         Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+    return make_tma_copy(TmaLoadKV{}, gmem_k(p), take<0, 2>(SmemLayoutKV{}),
+                         Shape<Int<kBlockN>, Int<kHeadDim>>{}, Int<kClusterM>{});
   }
   static auto make_tma_v(const BlockSparseFwdParams& p) {
-    return make_tma_copy(SM90_TMA_LOAD{}, gmem_v(p), take<0, 2>(SmemLayoutKV{}),
-                         Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+    return make_tma_copy(TmaLoadKV{}, gmem_v(p), take<0, 2>(SmemLayoutKV{}),
+                         Shape<Int<kBlockN>, Int<kHeadDim>>{}, Int<kClusterM>{});
   }
 
   static auto make_tma_o(const BlockSparseFwdParams& p) {

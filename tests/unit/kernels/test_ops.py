@@ -172,3 +172,92 @@ def test_the_last_product_is_carried_only_for_long_d128_keys(
 ) -> None:
     """Run 9 measured the carried product faster only at D128 with 256 key blocks or more."""
     assert ops.carries_last_product(head_dim, kv_blocks) is carries
+
+
+def _grids_mask(full: torch.Tensor, partial: torch.Tensor | None = None) -> BlockMask:
+    blocks = full.shape[-1]
+    return BlockMask.from_block_grids(
+        partial_blocks=torch.zeros_like(full) if partial is None else partial,
+        full_blocks=full,
+        element_mask=ElementMask(causal=partial is not None),
+        block_size=128,
+        q_len=full.shape[-2] * 128,
+        kv_len=blocks * 128,
+    )
+
+
+def test_dense_masks_share_blocks_in_pairs_and_causal_ones_do_not() -> None:
+    dense = compile_block_mask(PatternConfig(), batch=1, q_len=1024, kv_len=1024)
+    causal = compile_block_mask(
+        PatternConfig(type=PatternType.CAUSAL), batch=1, q_len=1024, kv_len=1024
+    )
+    assert ops.pairs_share_blocks(dense)
+    assert not ops.pairs_share_blocks(causal)
+
+
+def test_pairs_must_list_the_same_blocks_full_and_partial() -> None:
+    torch.manual_seed(0)
+    pairs = torch.rand(2, 3, 4, 16) < 0.4
+    full = pairs.repeat_interleave(2, dim=2)  # query blocks 2 i and 2 i + 1 alike
+    assert ops.pairs_share_blocks(_grids_mask(full))
+    split = full.clone()
+    split[1, 2, 5] = ~split[1, 2, 5]  # one block of one row differs from its pair
+    assert not ops.pairs_share_blocks(_grids_mask(split))
+    # The same blocks, one of them partial in one row of a pair only.
+    column = int(full[0, 0, 0].nonzero()[0])
+    partial = torch.zeros_like(full)
+    partial[0, 0, 0, column] = True
+    moved = full.clone()
+    moved[0, 0, 0, column] = False
+    assert not ops.pairs_share_blocks(_grids_mask(moved, partial))
+    partial[0, 0, 1, column] = True
+    moved[0, 0, 1, column] = False
+    assert ops.pairs_share_blocks(_grids_mask(moved, partial))
+
+
+def test_an_odd_count_of_query_blocks_has_no_pairs() -> None:
+    full = torch.ones(1, 1, 3, 4, dtype=torch.bool)
+    assert not ops.pairs_share_blocks(_grids_mask(full))
+
+
+def test_pair_tiles_drop_the_tile_order() -> None:
+    mask = compile_block_mask(PatternConfig(), batch=1, q_len=32768, kv_len=32768)
+    q = torch.zeros(1, 2, 32768, 128, dtype=torch.bfloat16)
+    arguments = ops.op_arguments(q, q, q, block_mask=mask, pair_tiles=True)
+    assert arguments[-1] is True
+    assert arguments[-3] is None
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "q_len", "order", "message"),
+    [
+        (64, 256, False, "head_dim 128"),
+        (128, 384, False, "even count"),
+        (128, 256, True, "no tile_order"),
+    ],
+)
+def test_the_fake_kernel_refuses_pairs_it_cannot_run(
+    head_dim: int, q_len: int, order: bool, message: str
+) -> None:
+    mask = compile_block_mask(PatternConfig(), batch=1, q_len=q_len, kv_len=q_len)
+    q = torch.zeros(1, 1, q_len, head_dim, dtype=torch.bfloat16)
+    tiles = torch.arange(-(-q_len // 128), dtype=torch.int32) if order else None
+    with pytest.raises(RuntimeError, match=message):
+        ops._block_sparse_attention_fwd_fake(
+            q,
+            q,
+            q,
+            mask.kv_num_blocks,
+            mask.kv_indices,
+            mask.full_kv_num_blocks,
+            mask.full_kv_indices,
+            None,
+            None,
+            0.1,
+            False,
+            -1,
+            0,
+            tiles,
+            False,
+            True,
+        )

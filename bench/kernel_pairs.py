@@ -1,0 +1,120 @@
+"""CTAs alone against CTAs in pairs, one library: the wrapper's call (`ops.op_arguments`) and
+the same call with `pair_tiles` (clusters of two CTAs on query blocks 2 i and 2 i + 1, each
+loading half of every K/V block into both, as FlashAttention 3 does for non-causal D128), on
+rows whose masks allow it (`ops.pairs_share_blocks`): bench.kernel's dense row (random-1.0)
+and `paired-random-D` (random blocks drawn once per pair of query blocks). Timed from CUDA
+graphs under a sustained load beside cuDNN dense, every side in every place of the order once
+(bench.kernel.time_sustained_graphs_ms); the two sides' outputs must agree bit for bit.
+S16K dense runs at the card's power cap (runs 19-21) and asks the L2 for 30.6 GB a call (run
+22's ncu): pairs halve that.
+
+    python -m bench.kernel_pairs --seq-lens 4096,16384,32768 \\
+        --masks random-1.0,paired-random-0.5 --out bench/results/pairs.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from typing import Any
+
+import torch
+
+from bench.kernel import (
+    add_kernel_arguments,
+    cudnn_attention,
+    format_ms,
+    format_number,
+    inputs_for,
+    load_kernel,
+    masks_for,
+    time_sustained_graphs_ms,
+    write_result,
+)
+from sas_runtime.block_mask import BlockMask, ElementMask
+from sas_runtime.kernels import ops
+
+PAIRED_RANDOM = "paired-random-"
+
+
+def paired_random_mask(
+    heads: int, seq_len: int, density: float, *, seed: int, device: str = "cuda"
+) -> BlockMask:
+    """Random full blocks at `density`, drawn once per pair of query blocks and shared by both."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    pairs, blocks = -(-seq_len // 256), -(-seq_len // ops.BLOCK_SIZE)
+    draw = torch.rand(1, heads, pairs, blocks, device=device, generator=generator)
+    visited = (draw < density).repeat_interleave(2, dim=2)[:, :, :blocks]
+    return BlockMask.from_block_grids(
+        partial_blocks=torch.zeros_like(visited),
+        full_blocks=visited,
+        element_mask=ElementMask(),
+        block_size=ops.BLOCK_SIZE,
+        q_len=seq_len,
+        kv_len=seq_len,
+    )
+
+
+def mask_for(name: str, heads: int, seq_len: int) -> BlockMask:
+    if name.startswith(PAIRED_RANDOM):
+        density = float(name.removeprefix(PAIRED_RANDOM))
+        return paired_random_mask(heads, seq_len, density, seed=seq_len)
+    return masks_for(heads, seq_len, [name])[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="4096,16384,32768")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--masks", default="random-1.0,paired-random-0.5")
+    add_kernel_arguments(parser)
+    args = parser.parse_args(argv)
+    if not load_kernel(args.library):
+        return 1
+    op = torch.ops.sas.block_sparse_attention_fwd
+    head_dim = 128
+    rows: list[dict[str, Any]] = []
+    for seq_len in (int(s) for s in args.seq_lens.split(",")):
+        q, k, v = inputs_for(seq_len, head_dim, args.heads)
+        for name in args.masks.split(","):
+            mask = mask_for(name, args.heads, seq_len)
+            if not ops.pairs_share_blocks(mask):
+                print(f"S={seq_len:6d} {name}: the rows of a pair differ, skipped", flush=True)
+                continue
+            alone = partial(op, *ops.op_arguments(q, k, v, block_mask=mask))
+            paired = partial(op, *ops.op_arguments(q, k, v, block_mask=mask, pair_tiles=True))
+            same = all(torch.equal(a, b) for a, b in zip(alone(), paired(), strict=True))
+            sides = {
+                "alone": alone,
+                "pairs": paired,
+                "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
+            }
+            times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
+            ratio = (
+                None
+                if times["alone"] is None or times["pairs"] is None
+                else times["pairs"] / times["alone"]
+            )
+            rows.append(
+                {
+                    "seq_len": seq_len,
+                    "head_dim": head_dim,
+                    "heads": args.heads,
+                    "mask": name,
+                    "graph_ms": times,
+                    "pairs_over_alone": ratio,
+                    "same_bits": same,
+                }
+            )
+            print(
+                f"S={seq_len:6d} D={head_dim} {name:18s} alone {format_ms(times['alone'])} "
+                f"pairs {format_ms(times['pairs'])} cuDNN {format_ms(times['cudnn_dense'])} | "
+                f"pairs/alone {format_number(ratio, '.3f')} | same bits {same}",
+                flush=True,
+            )
+            write_result(args.out, rows=rows)  # after every row: a call cut short keeps its rows
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
