@@ -1,8 +1,9 @@
 """Small kernel launches for compute-sanitizer (memcheck, racecheck), one per schedule: ragged
 lengths, GQA, document and causal partial blocks, padding, an empty row; then a window mask
 with a few more tiles than SMs, so that CTAs take a second tile and reuse the shared-memory
-slots a first tile used (the posted tile's slot, the Q and K/V stages). Exits non-zero on a
-wrong result."""
+slots a first tile used (the posted tile's slot, the Q and K/V stages); then the same shape
+dense, also with CTAs in pairs (pair_tiles: each K/V block loaded half by each CTA of a
+cluster, into both). Exits non-zero on a wrong result."""
 
 from __future__ import annotations
 
@@ -51,17 +52,27 @@ def main() -> int:
         device=device,
     )
     worst = max(worst, worst_rmse(q, k, v, mask, "window, more tiles than SMs"))
+    dense = compile_block_mask(PatternConfig(), batch=2, q_len=768, kv_len=768, device=device)
+    worst = max(worst, worst_rmse(q, k, v, dense, "dense, CTAs in pairs", pair_tiles=True))
     return 0 if worst <= 1e-3 else 1
 
 
 def worst_rmse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, label: str
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockMask,
+    label: str,
+    *,
+    pair_tiles: bool = False,
 ) -> float:
     """The kernel's rmse against the float64 reference, the worse of its two schedules."""
     ref, _ = block_sparse_attention_reference(q, k, v, block_mask=mask)
     worst = 0.0
     for carry in (False, True):  # both of the kernel's schedules
-        out, _ = ops.block_sparse_attention(q, k, v, block_mask=mask, carry_last_product=carry)
+        out, _ = ops.block_sparse_attention(
+            q, k, v, block_mask=mask, carry_last_product=carry, pair_tiles=pair_tiles
+        )
         torch.cuda.synchronize()
         rmse = float((out.double().cpu() - ref).pow(2).mean().sqrt())
         print(f"{label}, carry_last_product={carry}: rmse {rmse:.2e}")
