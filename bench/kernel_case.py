@@ -14,6 +14,7 @@ so that the same profiler metrics can be read off the peer (`-k regex:sdpa|fmha|
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
 
     q, k, v = inputs_for(args.seq_len, args.head_dim, args.heads)
+    launch: Callable[[], object]
     if args.side == "cudnn":
         launch = partial(cudnn_attention, q, k, v, causal=args.mask == "causal")
     else:

@@ -15,6 +15,7 @@ S16K dense runs at the card's power cap (runs 19-21) and asks the L2 for 30.6 GB
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             alone = partial(op, *ops.op_arguments(q, k, v, block_mask=mask))
             paired = partial(op, *ops.op_arguments(q, k, v, block_mask=mask, pair_tiles=True))
             same = all(torch.equal(a, b) for a, b in zip(alone(), paired(), strict=True))
-            sides = {
+            sides: dict[str, Callable[[], object]] = {
                 "alone": alone,
                 "pairs": paired,
                 "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
