@@ -97,13 +97,19 @@ def _mask(case: Case, q: torch.Tensor, k: torch.Tensor) -> BlockMask:
     )
 
 
-def _random_mask(batch: int, heads: int, q_len: int, kv_len: int, density: float) -> BlockMask:
+def _random_mask(
+    batch: int, heads: int, q_len: int, kv_len: int, density: float, *, paired: bool = False
+) -> BlockMask:
     """Random full and partial blocks (partial ones cut by a causal element mask), some rows
-    empty."""
+    empty. paired: drawn once per pair of query blocks (2 i, 2 i + 1), so that the two rows of
+    a pair list the same key blocks, as pair_tiles needs (the causal cut still differs)."""
     q_blocks, kv_blocks = -(-q_len // 128), -(-kv_len // 128)
-    draw = torch.rand(batch, heads, q_blocks, kv_blocks, device=DEVICE)
+    rows = -(-q_blocks // 2) if paired else q_blocks
+    draw = torch.rand(batch, heads, rows, kv_blocks, device=DEVICE)
+    if paired:
+        draw = draw.repeat_interleave(2, dim=2)[:, :, :q_blocks]
     visited = draw < density
-    visited[:, :, 0] = False  # the first query block of every row sees nothing
+    visited[:, :, : 2 if paired else 1] = False  # the first row (pair) of every head sees nothing
     partial = visited & (draw < density / 2)
     return BlockMask.from_block_grids(
         partial_blocks=partial,
@@ -429,29 +435,6 @@ def test_runs_of_empty_tiles(head_dim: int, carry: bool) -> None:
     torch.testing.assert_close(out.float()[seen], ref[seen], rtol=0, atol=2e-2)
 
 
-def _paired_random_mask(
-    batch: int, heads: int, q_len: int, kv_len: int, density: float
-) -> BlockMask:
-    """`_random_mask`'s blocks drawn once per pair of query blocks (2 i, 2 i + 1), so that the
-    two rows of a pair list the same key blocks, as pair_tiles needs; partial blocks are cut
-    by a causal element mask, which differs between the two rows."""
-    pairs, kv_blocks = -(-q_len // 256), -(-kv_len // 128)
-    draw = torch.rand(batch, heads, pairs, kv_blocks, device=DEVICE).repeat_interleave(2, dim=2)
-    visited = draw < density
-    visited[:, :, :2] = False  # the first pair of every row sees nothing
-    partial = visited & (draw < density / 2)
-    mask = BlockMask.from_block_grids(
-        partial_blocks=partial,
-        full_blocks=visited & ~partial,
-        element_mask=ElementMask(causal=True),
-        block_size=128,
-        q_len=q_len,
-        kv_len=kv_len,
-    )
-    assert ops.pairs_share_blocks(mask)
-    return mask
-
-
 @pytest.mark.parametrize("carry", [False, True])
 @pytest.mark.parametrize("density", [1.0, 0.3])
 def test_paired_tiles_give_the_plain_kernels_bits(density: float, carry: bool) -> None:
@@ -461,7 +444,8 @@ def test_paired_tiles_give_the_plain_kernels_bits(density: float, carry: bool) -
     torch.manual_seed(int(density * 10) + int(carry))
     case = Case("pairs", 2, 32, 8, 2304, 2100, 128, DENSE)
     q, k, v = _inputs(case, torch.bfloat16)
-    mask = _paired_random_mask(2, 32, 2304, 2100, density)
+    mask = _random_mask(2, 32, 2304, 2100, density, paired=True)
+    assert ops.pairs_share_blocks(mask)
     plain = torch.ops.sas.block_sparse_attention_fwd(
         *_op_args(q, k, v, mask, scale=0.1, order=None, carry=carry)
     )
