@@ -490,3 +490,18 @@ def test_the_kernel_refuses_pairs_it_cannot_run(
         torch.ops.sas.block_sparse_attention_fwd(
             *_op_args(q, k, v, mask, scale=0.1, order=tiles, pairs=True)
         )
+
+
+@pytest.mark.parametrize(("batch", "heads"), [(0, 4), (2, 0)])
+def test_no_tiles_give_empty_outputs(batch: int, heads: int) -> None:
+    """An empty batch (or no heads) launches nothing and returns empty tensors, not a launch
+    error."""
+    q = torch.randn(batch, heads, 256, 128, device=DEVICE, dtype=torch.bfloat16)
+    k = torch.randn(batch, heads or 1, 256, 128, device=DEVICE, dtype=q.dtype)
+    mask = torch.zeros(batch, heads, 2, dtype=torch.int32, device=DEVICE)
+    indices = torch.zeros(batch, heads, 2, 2, dtype=torch.int32, device=DEVICE)
+    out, lse = torch.ops.sas.block_sparse_attention_fwd(
+        q, k, k, mask, indices, mask, indices, None, None, 0.1, False, -1, 0
+    )
+    assert out.shape == q.shape
+    assert lse.shape == q.shape[:3]

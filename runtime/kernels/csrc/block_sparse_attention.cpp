@@ -146,6 +146,9 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor out = at::empty({batch, heads, q_len, head_dim}, q.options());
   at::Tensor lse = at::empty({batch, heads, q_len}, q.options().dtype(at::kFloat));
+  if (batch == 0 || heads == 0) {
+    return {out, lse};  // no tile, so no grid to launch
+  }
   // The kernel's tile counter starts at zero on every launch; the allocator reuses the buffer
   // only after this stream's kernel has run.
   at::Tensor tile_counter = at::empty({1}, q.options().dtype(at::kInt));

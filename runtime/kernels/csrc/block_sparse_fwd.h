@@ -411,8 +411,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 #endif
 }
 
+// Returns false, launching nothing, when no pair of CTAs fits on the device.
 template <class Traits>
-void launch_tiles(const BlockSparseFwdParams& p, cudaStream_t stream) {
+bool launch_tiles(const BlockSparseFwdParams& p, cudaStream_t stream) {
   KernelArgs<Traits> args{p, Traits::make_tma_q(p), Traits::make_tma_k(p), Traits::make_tma_v(p),
                           Traits::make_tma_o(p)};
   const TileScheduler scheduler{(p.q_len + Traits::kBlockM - 1) / Traits::kBlockM, p.heads,
@@ -454,26 +455,28 @@ void launch_tiles(const BlockSparseFwdParams& p, cudaStream_t stream) {
     // No more pairs than fit at once (a GPC with an odd count of free SMs leaves one idle).
     int clusters = 0;
     status = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
-    if (status == cudaSuccess && clusters > 0) {
+    if (status == cudaSuccess && clusters == 0) {
+      return false;
+    }
+    if (status == cudaSuccess) {
       config.gridDim = dim3(std::min(grid, clusters * kCluster));
       status = cudaLaunchKernelEx(&config, kernel, args, scheduler);
-    } else if (status == cudaSuccess) {
-      status = cudaErrorInvalidConfiguration;
     }
   }
   if (status != cudaSuccess) {
     throw std::runtime_error(std::string("block_sparse_fwd launch: ") +
                              cudaGetErrorString(status));
   }
+  return true;
 }
 
 // The pair kernel (Traits::kClusterM = 2) exists at D128 only, as FlashAttention 3 clusters
-// only from D128; the op checks pair_tiles against the shapes before it gets here.
+// only from D128; the op checks pair_tiles against the shapes before it gets here. Where no
+// pair fits (a partitioned GPU) the CTAs run alone: the same result.
 template <DType kDType, int kHeadDim>
 void launch_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream) {
   if constexpr (kHeadDim == 128) {
-    if (p.pair_tiles) {
-      launch_tiles<TileTraits<kDType, kHeadDim, 2>>(p, stream);
+    if (p.pair_tiles && launch_tiles<TileTraits<kDType, kHeadDim, 2>>(p, stream)) {
       return;
     }
   }

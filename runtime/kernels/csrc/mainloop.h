@@ -160,7 +160,9 @@ struct Producer {
                             ? t
                             : min(max(p.tile_order[t], 0), scheduler.num_tiles() - 1);
       const Tile tile = scheduler.tile(index);
-      const BlockList blocks = make_block_list(p, tile);
+      // Both CTAs of a pair read the pair's first list, so that they load the same blocks even
+      // when a mask breaks pair_tiles' contract (the output is then wrong, but nothing hangs).
+      const BlockList blocks = make_block_list(p, kPaired ? scheduler.tile(index & ~1) : tile);
       const int kv_len =
           p.kv_lengths == nullptr ? p.kv_len : min(p.kv_len, p.kv_lengths[tile.batch]);
       post_tile(smem, tile_ring,
