@@ -201,14 +201,9 @@ def time_sustained_graphs_ms(
     return {name: statistics.median(times[name]) if name in times else None for name in sides}
 
 
-def random_mask(
-    heads: int, seq_len: int, density: float, seed: int, device: str = "cuda"
-) -> BlockMask:
-    """Full blocks drawn independently per (head, q-block, kv-block) with probability
-    `density` (density 1.0: every block)."""
-    blocks = math.ceil(seq_len / BLOCK)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    grid = torch.rand(1, heads, blocks, blocks, device=device, generator=generator) < density
+def full_blocks_mask(grid: torch.Tensor, seq_len: int) -> BlockMask:
+    """The mask of a [1, heads, q-blocks, kv-blocks] grid of full blocks over `seq_len` queries
+    and keys (no partial block, no element rule)."""
     return BlockMask.from_block_grids(
         partial_blocks=torch.zeros_like(grid),
         full_blocks=grid,
@@ -219,10 +214,35 @@ def random_mask(
     )
 
 
+def random_mask(
+    heads: int,
+    seq_len: int,
+    density: float,
+    seed: int,
+    device: str = "cuda",
+    *,
+    paired: bool = False,
+) -> BlockMask:
+    """Full blocks drawn independently per (head, q-block, kv-block) with probability
+    `density` (density 1.0: every block). paired: drawn once per pair of query blocks (2 i,
+    2 i + 1) and shared by both, as the kernel's `pair_tiles` needs."""
+    blocks = math.ceil(seq_len / BLOCK)
+    rows = math.ceil(blocks / 2) if paired else blocks
+    generator = torch.Generator(device=device).manual_seed(seed)
+    grid = torch.rand(1, heads, rows, blocks, device=device, generator=generator) < density
+    if paired:
+        grid = grid.repeat_interleave(2, dim=2)[:, :, :blocks]
+    return full_blocks_mask(grid, seq_len)
+
+
 def pattern_mask(pattern: PatternConfig, seq_len: int, device: str = "cuda") -> BlockMask:
     return compile_block_mask(
         pattern, batch=1, q_len=seq_len, kv_len=seq_len, device=torch.device(device)
     )
+
+
+PAIRED_RANDOM = "paired-random-"
+"""Masks `paired-random-D`: `random_mask(..., paired=True)` (bench.kernel_pairs)."""
 
 
 def masks_for(
@@ -233,6 +253,11 @@ def masks_for(
         if name.startswith("random-"):
             density = float(name.removeprefix("random-"))
             masks[name] = random_mask(heads, seq_len, density, seed=seq_len, device=device)
+        elif name.startswith(PAIRED_RANDOM):
+            density = float(name.removeprefix(PAIRED_RANDOM))
+            masks[name] = random_mask(
+                heads, seq_len, density, seed=seq_len, device=device, paired=True
+            )
         elif name == "window-1024":
             window = PatternConfig(type=PatternType.WINDOW, window=1024)
             masks[name] = pattern_mask(window, seq_len, device)

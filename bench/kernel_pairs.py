@@ -2,7 +2,7 @@
 the same call with `pair_tiles` (clusters of two CTAs on query blocks 2 i and 2 i + 1, each
 loading half of every K/V block into both, as FlashAttention 3 does for non-causal D128), on
 rows whose masks allow it (`ops.pairs_share_blocks`): bench.kernel's dense row (random-1.0)
-and `paired-random-D` (random blocks drawn once per pair of query blocks). Timed from CUDA
+and `paired-random-D` (bench.kernel's random blocks drawn once per pair of query blocks). Timed from CUDA
 graphs under a sustained load beside cuDNN dense, every side in every place of the order once
 (bench.kernel.time_sustained_graphs_ms); the two sides' outputs must agree bit for bit.
 S16K dense runs at the card's power cap (runs 19-21) and asks the L2 for 30.6 GB a call (run
@@ -32,35 +32,7 @@ from bench.kernel import (
     time_sustained_graphs_ms,
     write_result,
 )
-from sas_runtime.block_mask import BlockMask, ElementMask
 from sas_runtime.kernels import ops
-
-PAIRED_RANDOM = "paired-random-"
-
-
-def paired_random_mask(
-    heads: int, seq_len: int, density: float, *, seed: int, device: str = "cuda"
-) -> BlockMask:
-    """Random full blocks at `density`, drawn once per pair of query blocks and shared by both."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    pairs, blocks = -(-seq_len // 256), -(-seq_len // ops.BLOCK_SIZE)
-    draw = torch.rand(1, heads, pairs, blocks, device=device, generator=generator)
-    visited = (draw < density).repeat_interleave(2, dim=2)[:, :, :blocks]
-    return BlockMask.from_block_grids(
-        partial_blocks=torch.zeros_like(visited),
-        full_blocks=visited,
-        element_mask=ElementMask(),
-        block_size=ops.BLOCK_SIZE,
-        q_len=seq_len,
-        kv_len=seq_len,
-    )
-
-
-def mask_for(name: str, heads: int, seq_len: int) -> BlockMask:
-    if name.startswith(PAIRED_RANDOM):
-        density = float(name.removeprefix(PAIRED_RANDOM))
-        return paired_random_mask(heads, seq_len, density, seed=seq_len)
-    return masks_for(heads, seq_len, [name])[name]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for seq_len in (int(s) for s in args.seq_lens.split(",")):
         q, k, v = inputs_for(seq_len, head_dim, args.heads)
         for name in args.masks.split(","):
-            mask = mask_for(name, args.heads, seq_len)
+            mask = masks_for(args.heads, seq_len, [name])[name]
             if not ops.pairs_share_blocks(mask):
                 print(f"S={seq_len:6d} {name}: the rows of a pair differ, skipped", flush=True)
                 continue

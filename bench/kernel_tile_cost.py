@@ -37,12 +37,13 @@ from bench.kernel import (
     add_kernel_arguments,
     format_ms,
     format_number,
+    full_blocks_mask,
     inputs_for,
     time_sustained_graphs_ms,
     write_result,
 )
 from bench.kernel_variants import load_base_and_variants
-from sas_runtime.block_mask import BlockMask, ElementMask
+from sas_runtime.block_mask import BlockMask
 from sas_runtime.kernels import ops
 
 LAYOUTS = ("random", "shared", "band")
@@ -78,14 +79,8 @@ def fixed_count_mask(
     layout: str, heads: int, seq_len: int, count: int, seed: int, device: str = "cuda"
 ) -> BlockMask:
     blocks = -(-seq_len // ops.BLOCK_SIZE)
-    grid = fixed_count_grid(layout, heads, blocks, blocks, count, seed, device)
-    return BlockMask.from_block_grids(
-        partial_blocks=torch.zeros_like(grid),
-        full_blocks=grid,
-        element_mask=ElementMask(),
-        block_size=ops.BLOCK_SIZE,
-        q_len=seq_len,
-        kv_len=seq_len,
+    return full_blocks_mask(
+        fixed_count_grid(layout, heads, blocks, blocks, count, seed, device), seq_len
     )
 
 
