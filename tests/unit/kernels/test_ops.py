@@ -242,22 +242,7 @@ def test_the_fake_kernel_refuses_pairs_it_cannot_run(
     mask = compile_block_mask(PatternConfig(), batch=1, q_len=q_len, kv_len=q_len)
     q = torch.zeros(1, 1, q_len, head_dim, dtype=torch.bfloat16)
     tiles = torch.arange(-(-q_len // 128), dtype=torch.int32) if order else None
+    arguments = ops.op_arguments(q, q, q, block_mask=mask, pair_tiles=True)
     with pytest.raises(RuntimeError, match=message):
-        ops._block_sparse_attention_fwd_fake(
-            q,
-            q,
-            q,
-            mask.kv_num_blocks,
-            mask.kv_indices,
-            mask.full_kv_num_blocks,
-            mask.full_kv_indices,
-            None,
-            None,
-            0.1,
-            False,
-            -1,
-            0,
-            tiles,
-            False,
-            True,
-        )
+        # The wrapper drops the order under pairs: put one back past its tile_order and flags.
+        ops._block_sparse_attention_fwd_fake(*arguments[:-3], tile_order=tiles, pair_tiles=True)
