@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,7 @@ def test_the_fake_kernel_refuses_pairs_it_cannot_run(
     q = torch.zeros(1, 1, q_len, head_dim, dtype=torch.bfloat16)
     tiles = torch.arange(-(-q_len // 128), dtype=torch.int32) if order else None
     arguments = ops.op_arguments(q, q, q, block_mask=mask, pair_tiles=True)
+    fake: Callable[..., object] = ops._block_sparse_attention_fwd_fake  # takes the op's arguments
     with pytest.raises(RuntimeError, match=message):
         # The wrapper drops the order under pairs: put one back past its tile_order and flags.
-        ops._block_sparse_attention_fwd_fake(*arguments[:-3], tile_order=tiles, pair_tiles=True)
+        fake(*arguments[:-3], tile_order=tiles, pair_tiles=True)
