@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ from pathlib import Path
 __all__ = [
     "CSRC_DIR",
     "LIBRARY_NAME",
+    "LINK_FLAGS",
     "OP_NAMESPACE",
     "BuildMatrix",
     "build_extension",
+    "check_links_shared_libstdcxx",
     "check_op_namespace",
     "cuda_home",
     "cutlass_include_dir",
@@ -50,6 +53,12 @@ LIBRARY_NAME = "sas_kernels"
 OP_NAMESPACE = "sas"
 _VARIANT_NAMESPACE = re.compile(r"sas_[a-z0-9_]+")
 SM90_GENCODE = "-gencode=arch=compute_90a,code=sm_90a"
+LINK_FLAGS = ("-l:libstdc++.so.6",)
+"""libstdc++ linked as the shared library torch itself uses. A toolchain that offers only
+libstdc++.a (our GPU machines' image) otherwise copies parts of it into the extension, whose
+calls then bind to that copy: a second, uninitialised std::locale, so a refusal whose message
+prints a number crashed the process (2026-12-07) instead of raising."""
+_OWN_LIBSTDCXX = re.compile(r"^[0-9a-f]+ [TDBR] (_ZNSt6locale|_ZNSt8ios_base)", re.MULTILINE)
 _DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}
 _HEAD_DIMS = (64, 128)
 
@@ -224,11 +233,31 @@ def build_extension(
             *namespace_defines(op_namespace),
         ],
         extra_cuda_cflags=nvcc_flags(matrix, op_namespace),
+        extra_ldflags=list(LINK_FLAGS),
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=verbose,
     )
-    return build_dir / f"{name}.so"
+    library = build_dir / f"{name}.so"
+    check_links_shared_libstdcxx(library)
+    return library
+
+
+def check_links_shared_libstdcxx(library: Path) -> None:
+    """Raises if the library defines libstdc++'s own std::locale or ios_base (a static copy;
+    see LINK_FLAGS). Needs binutils' `nm` (g++ brings it); without it, checks nothing."""
+    nm = shutil.which("nm")
+    if nm is None:
+        return
+    symbols = subprocess.run(
+        [nm, "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    found = _OWN_LIBSTDCXX.search(symbols)
+    if found is not None:
+        raise RuntimeError(
+            f"{library} carries its own copy of libstdc++ ({found.group(1)}...): link it against "
+            "libstdc++.so.6, or install the toolchain's libstdc++ development package"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

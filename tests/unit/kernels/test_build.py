@@ -127,6 +127,44 @@ def test_a_variant_build_loads_beside_the_runtimes_library_and_shares_no_symbol(
     assert re.search(r"\bsas::", symbols) is None
 
 
+def test_the_extension_uses_the_shared_libstdcxx(built_library: Path) -> None:
+    """A refusal's message is formatted by the process's one libstdc++, not a copy inside the
+    library (build.LINK_FLAGS)."""
+    build.check_links_shared_libstdcxx(built_library)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or shutil.which("nm") is None, reason="no g++")
+def test_a_library_with_its_own_libstdcxx_is_refused(tmp_path: Path) -> None:
+    """What a toolchain with only libstdc++.a makes of a library that formats a number."""
+    source = tmp_path / "formats.cpp"
+    source.write_text(
+        "#include <sstream>\n#include <string>\n"
+        "std::string formats(long n) { std::ostringstream s; s << n; return s.str(); }\n"
+    )
+    library = tmp_path / "libformats.so"
+    subprocess.run(
+        ["g++", "-shared", "-fPIC", "-static-libstdc++", str(source), "-o", str(library)],
+        check=True,
+    )
+    with pytest.raises(RuntimeError, match="its own copy of libstdc\\+\\+"):
+        build.check_links_shared_libstdcxx(library)
+    # torch's builder puts the link flags after the objects, as here.
+    subprocess.run(
+        [
+            "g++",
+            "-shared",
+            "-fPIC",
+            str(source),
+            *build.LINK_FLAGS,
+            "-static-libstdc++",
+            "-o",
+            str(library),
+        ],
+        check=True,
+    )
+    build.check_links_shared_libstdcxx(library)
+
+
 def test_fake_kernel_gives_output_shapes(built_library: Path) -> None:
     assert ops.load_library(built_library) is None
     with FakeTensorMode():
