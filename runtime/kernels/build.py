@@ -54,10 +54,10 @@ OP_NAMESPACE = "sas"
 _VARIANT_NAMESPACE = re.compile(r"sas_[a-z0-9_]+")
 SM90_GENCODE = "-gencode=arch=compute_90a,code=sm_90a"
 LINK_FLAGS = ("-l:libstdc++.so.6",)
-"""libstdc++ linked as the shared library torch itself uses. A toolchain that offers only
-libstdc++.a (our GPU machines' image) otherwise copies parts of it into the extension, whose
-calls then bind to that copy: a second, uninitialised std::locale, so a refusal whose message
-prints a number crashed the process (2026-12-07) instead of raising."""
+"""libstdc++ linked as the shared library torch itself uses. Without it our GPU machines'
+toolchain (g++ 13.3, Ubuntu 24.04; why is not known) copied members of libstdc++.a into the
+extension, whose calls then bound to that copy: a second, uninitialised std::locale, so a
+refusal whose message prints a number crashed the process (2026-12-07) instead of raising."""
 _OWN_LIBSTDCXX = re.compile(r"^[0-9a-f]+ [TDBR] (_ZNSt6locale|_ZNSt8ios_base)", re.MULTILINE)
 _DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}
 _HEAD_DIMS = (64, 128)
