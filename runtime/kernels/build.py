@@ -42,6 +42,7 @@ __all__ = [
     "cuda_home",
     "cutlass_include_dir",
     "default_build_dir",
+    "defined_symbols",
     "library_name",
     "namespace_defines",
     "nvcc_flags",
@@ -243,15 +244,24 @@ def build_extension(
     return library
 
 
-def check_links_shared_libstdcxx(library: Path) -> None:
-    """Raises if the library defines libstdc++'s own std::locale or ios_base (a static copy;
-    see LINK_FLAGS). Needs binutils' `nm` (g++ brings it); without it, checks nothing."""
+def defined_symbols(library: Path, *, demangle: bool = False) -> str | None:
+    """`nm -D --defined-only` of a shared library (demangled if asked): the dynamic symbols it
+    defines, one per line; None without binutils' `nm` (g++ brings it)."""
     nm = shutil.which("nm")
     if nm is None:
-        return
-    symbols = subprocess.run(
-        [nm, "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+        return None
+    flags = "-DC" if demangle else "-D"
+    return subprocess.run(
+        [nm, flags, "--defined-only", str(library)], capture_output=True, text=True, check=True
     ).stdout
+
+
+def check_links_shared_libstdcxx(library: Path) -> None:
+    """Raises if the library defines libstdc++'s own std::locale or ios_base (a static copy;
+    see LINK_FLAGS). Without `nm`, checks nothing."""
+    symbols = defined_symbols(library)
+    if symbols is None:
+        return
     found = _OWN_LIBSTDCXX.search(symbols)
     if found is not None:
         raise RuntimeError(
