@@ -26,13 +26,15 @@ from bench.kernel import (
     cudnn_attention,
     format_ms,
     format_number,
-    inputs_for,
     load_kernel,
-    masks_for,
+    problems,
     time_sustained_graphs_ms,
     write_result,
 )
 from sas_runtime.kernels import ops
+
+HEAD_DIM = 128
+"""Pairs run at D128 only."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,47 +47,36 @@ def main(argv: list[str] | None = None) -> int:
     if not load_kernel(args.library):
         return 1
     op = torch.ops.sas.block_sparse_attention_fwd
-    head_dim = 128
     rows: list[dict[str, Any]] = []
-    for seq_len in (int(s) for s in args.seq_lens.split(",")):
-        q, k, v = inputs_for(seq_len, head_dim, args.heads)
-        for name in args.masks.split(","):
-            mask = masks_for(args.heads, seq_len, [name])[name]
-            if not ops.pairs_share_blocks(mask):
-                print(f"S={seq_len:6d} {name}: the rows of a pair differ, skipped", flush=True)
-                continue
-            alone = partial(op, *ops.op_arguments(q, k, v, block_mask=mask))
-            paired = partial(op, *ops.op_arguments(q, k, v, block_mask=mask, pair_tiles=True))
-            same = all(torch.equal(a, b) for a, b in zip(alone(), paired(), strict=True))
-            sides: dict[str, Callable[[], object]] = {
-                "alone": alone,
-                "pairs": paired,
-                "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
-            }
-            times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
-            ratio = (
-                None
-                if times["alone"] is None or times["pairs"] is None
-                else times["pairs"] / times["alone"]
-            )
-            rows.append(
-                {
-                    "seq_len": seq_len,
-                    "head_dim": head_dim,
-                    "heads": args.heads,
-                    "mask": name,
-                    "graph_ms": times,
-                    "pairs_over_alone": ratio,
-                    "same_bits": same,
-                }
-            )
-            print(
-                f"S={seq_len:6d} D={head_dim} {name:18s} alone {format_ms(times['alone'])} "
-                f"pairs {format_ms(times['pairs'])} cuDNN {format_ms(times['cudnn_dense'])} | "
-                f"pairs/alone {format_number(ratio, '.3f')} | same bits {same}",
-                flush=True,
-            )
-            write_result(args.out, rows=rows)  # after every row: a call cut short keeps its rows
+    for problem in problems(args.seq_lens, str(HEAD_DIM), args.heads, args.masks):
+        q, k, v, mask = problem.q, problem.k, problem.v, problem.mask
+        if not ops.pairs_share_blocks(mask):
+            print(f"{problem.label()}: the rows of a pair differ, skipped", flush=True)
+            continue
+        alone = partial(op, *ops.op_arguments(q, k, v, block_mask=mask))
+        paired = partial(op, *ops.op_arguments(q, k, v, block_mask=mask, pair_tiles=True))
+        same = all(torch.equal(a, b) for a, b in zip(alone(), paired(), strict=True))
+        sides: dict[str, Callable[[], object]] = {
+            "alone": alone,
+            "pairs": paired,
+            "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
+        }
+        times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
+        ratio = (
+            None
+            if times["alone"] is None or times["pairs"] is None
+            else times["pairs"] / times["alone"]
+        )
+        rows.append(
+            {**problem.row(), "graph_ms": times, "pairs_over_alone": ratio, "same_bits": same}
+        )
+        print(
+            f"{problem.label()} alone {format_ms(times['alone'])} "
+            f"pairs {format_ms(times['pairs'])} cuDNN {format_ms(times['cudnn_dense'])} | "
+            f"pairs/alone {format_number(ratio, '.3f')} | same bits {same}",
+            flush=True,
+        )
+        write_result(args.out, rows=rows)  # after every row: a call cut short keeps its rows
     return 0
 
 
