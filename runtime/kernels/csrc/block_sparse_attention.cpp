@@ -141,6 +141,13 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
                 "tile_order must be a contiguous [batch * heads * query blocks] tensor");
     p.tile_order = order.data_ptr<int32_t>();
   }
+  if (pair_tiles) {
+    TORCH_CHECK(head_dim == 128, "pair_tiles needs head_dim 128, got ", head_dim);
+    TORCH_CHECK(q_blocks % 2 == 0, "pair_tiles needs an even count of 128-row query blocks, got ",
+                q_blocks);
+    TORCH_CHECK(!tile_order.has_value(),
+                "pair_tiles runs the kernel's own order: pass no tile_order");
+  }
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -194,13 +201,6 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_fwd_cuda(
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   p.carry_last_product = carry_last_product;
-  if (pair_tiles) {
-    TORCH_CHECK(head_dim == 128, "pair_tiles needs head_dim 128, got ", head_dim);
-    TORCH_CHECK(q_blocks % 2 == 0, "pair_tiles needs an even count of 128-row query blocks, got ",
-                q_blocks);
-    TORCH_CHECK(!tile_order.has_value(),
-                "pair_tiles runs the kernel's own order: pass no tile_order");
-  }
   p.pair_tiles = pair_tiles;
 
   switch (q.scalar_type()) {
