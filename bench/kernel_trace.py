@@ -61,7 +61,6 @@ from bench.kernel import (
     write_result,
 )
 from bench.kernel_case import case_mask
-from bench.kernel_orders import TILE_ORDER_ARGUMENT
 from bench.kernel_variants import load_base_and_variants
 from sas_runtime.kernels import ops
 
@@ -278,7 +277,9 @@ def trace_case(case: Case, heads: int, trace_namespace: str) -> dict[str, Any]:
         "seq_len": case.seq_len,
         "head_dim": case.head_dim,
         "heads": heads,
-        "carry_last_product": bool(arguments[TILE_ORDER_ARGUMENT + 1]),
+        "carry_last_product": ops.carries_last_product(
+            case.head_dim, -(-case.seq_len // ops.BLOCK_SIZE)
+        ),
         "base_graph_ms": times["base"],
         "traced_graph_ms": times["traced"],
     }
