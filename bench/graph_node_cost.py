@@ -7,10 +7,10 @@ Each call of the op is two nodes in a CUDA graph: a 4-byte `cudaMemsetAsync` tha
 kernel's tile counter, then the kernel. For each bench.kernel row this times, under the
 sustained graph load bench.kernel uses (`time_sustained_graphs_ms`, sides rotated), ours as it
 is, ours with one more such memset before each call (on a scratch int32, so the output is
-unchanged), and the memsets alone. The difference between the first two is what the op's own
-memset node is likely to cost each call (a memset beside a memset rather than beside a kernel,
-so a lower bound when the dependency gap is what costs); printed in microseconds and as a
-fraction of ours, beside the share of the call a self-resetting counter could give back.
+unchanged), and the memsets alone. The difference between the first two stands in for what the
+op's own memset node costs each call (the extra one sits beside a memset, not a kernel, so the
+two may differ); printed in microseconds and as a fraction of ours: the most a counter the
+kernel resets itself could give back.
 """
 
 from __future__ import annotations
