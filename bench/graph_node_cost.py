@@ -25,6 +25,7 @@ import torch
 
 from bench.kernel import (
     add_kernel_arguments,
+    add_row_arguments,
     format_number,
     load_kernel,
     problems,
@@ -72,10 +73,12 @@ def node_cost(times_ms: dict[str, float | None]) -> dict[str, float | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-lens", default="4096")
-    parser.add_argument("--head-dims", default="128,64")
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--masks", default="random-0.25,window-1024,global-window")
+    add_row_arguments(
+        parser,
+        seq_lens="4096",
+        head_dims="128,64",
+        masks="random-0.25,random-0.1,window-1024,global-window",
+    )
     add_kernel_arguments(parser)
     args = parser.parse_args(argv)
     if not load_kernel(args.library):

@@ -75,6 +75,18 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> 
     return statistics.median(single_call_ms(fn, repeats))
 
 
+def add_row_arguments(
+    parser: argparse.ArgumentParser, *, seq_lens: str, masks: str, head_dims: str | None = None
+) -> None:
+    """--seq-lens, --head-dims (where the tool takes more than one), --heads and --masks: which
+    of bench.kernel's rows a tool runs, comma-separated as `problems` takes them."""
+    parser.add_argument("--seq-lens", default=seq_lens)
+    if head_dims is not None:
+        parser.add_argument("--head-dims", default=head_dims)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--masks", default=masks)
+
+
 def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
     """--library (the compiled extension to load) and --out (the result JSON)."""
     parser.add_argument("--library", type=Path, default=None, help="compiled extension")
@@ -443,10 +455,9 @@ def format_number(value: object, spec: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-lens", default="4096,16384,32768")
-    parser.add_argument("--head-dims", default="128,64")
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--masks", default=",".join(MASK_NAMES))
+    add_row_arguments(
+        parser, seq_lens="4096,16384,32768", head_dims="128,64", masks=",".join(MASK_NAMES)
+    )
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     add_kernel_arguments(parser)
     args = parser.parse_args(argv)

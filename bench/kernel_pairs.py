@@ -23,6 +23,7 @@ import torch
 
 from bench.kernel import (
     add_kernel_arguments,
+    add_row_arguments,
     cudnn_attention,
     format_ms,
     format_number,
@@ -39,9 +40,7 @@ HEAD_DIM = 128
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-lens", default="4096,16384,32768")
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--masks", default="random-1.0,paired-random-0.5")
+    add_row_arguments(parser, seq_lens="4096,16384,32768", masks="random-1.0,paired-random-0.5")
     add_kernel_arguments(parser)
     args = parser.parse_args(argv)
     if not load_kernel(args.library):
