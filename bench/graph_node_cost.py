@@ -105,12 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         times = time_sustained_graphs_ms(sides, passes=len(SIDES), rotate=True)
         row = {**problem.row(), "graph_ms": times, **node_cost(times)}
         rows.append(row)
-        share = row["node_share"]
         print(
             f"{problem.label()} ours {format_number(times['ours'], '.4f')} ms, +memset "
             f"{format_number(times['ours+memset'], '.4f')} ms: one more node "
             f"{format_number(row['node_us'], '+.2f')} us "
-            f"({'-' if share is None else f'{share:+.2%}'}), memset alone "
+            f"({format_number(row['node_share'], '+.2%')}), memset alone "
             f"{format_number(row['memset_alone_us'], '.2f')} us",
             flush=True,
         )

@@ -429,9 +429,7 @@ def bench_shape(
             "cudnn_causal_graph_ms": graphs.get("cudnn_causal"),
             "graph_time_over_density_x_cudnn": graph_ratio,
             "flex_graph_ms": flex_graph_ms,
-            "graph_speedup_vs_flex": None
-            if flex_graph_ms is None or ours_graph_ms is None
-            else flex_graph_ms / ours_graph_ms,
+            "graph_speedup_vs_flex": time_ratio(flex_graph_ms, ours_graph_ms),
         }
         rows.append(row)
         print(
@@ -446,6 +444,11 @@ def bench_shape(
             flush=True,
         )
     return rows
+
+
+def time_ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, two sides' times; None where either side has none."""
+    return None if numerator is None or denominator is None else numerator / denominator
 
 
 def format_number(value: object, spec: str) -> str:

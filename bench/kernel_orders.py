@@ -30,6 +30,7 @@ from bench.kernel import (
     format_number,
     load_kernel,
     problems,
+    time_ratio,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
         base = times["classes"]
         over_classes = {
-            order_name: None if base is None or time is None else time / base
+            order_name: time_ratio(time, base)
             for order_name, time in times.items()
             if order_name != "cudnn_dense"
         }

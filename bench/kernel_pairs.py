@@ -29,6 +29,7 @@ from bench.kernel import (
     format_number,
     load_kernel,
     problems,
+    time_ratio,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -61,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             "cudnn_dense": partial(cudnn_attention, q, k, v, causal=False),
         }
         times = time_sustained_graphs_ms(sides, passes=len(sides), rotate=True)
-        ratio = (
-            None
-            if times["alone"] is None or times["pairs"] is None
-            else times["pairs"] / times["alone"]
-        )
+        ratio = time_ratio(times["pairs"], times["alone"])
         rows.append(
             {**problem.row(), "graph_ms": times, "pairs_over_alone": ratio, "same_bits": same}
         )

@@ -21,6 +21,7 @@ from bench.kernel import (
     format_number,
     load_kernel,
     problems,
+    time_ratio,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         plain, carried = times["plain"], times["carried"]
-        ratio = None if plain is None or carried is None else carried / plain
+        ratio = time_ratio(carried, plain)
         rows.append(
             {
                 **problem.row(),

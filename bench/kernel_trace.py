@@ -57,6 +57,7 @@ from bench.kernel import (
     inputs_for,
     sized_graph,
     soak,
+    time_ratio,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -299,7 +300,7 @@ def trace_case(case: Case, heads: int, trace_namespace: str) -> dict[str, Any]:
 
 def print_case(case: Case, result: dict[str, Any]) -> None:
     base, traced = result["base_graph_ms"], result["traced_graph_ms"]
-    ratio = "-" if base is None or traced is None else f"{traced / base:.3f}"
+    ratio = format_number(time_ratio(traced, base), ".3f")
     print(
         f"{case.label()}: base {format_number(base, '.4f')} ms, traced "
         f"{format_number(traced, '.4f')} ms ({ratio} x base)"

@@ -34,6 +34,7 @@ from bench.kernel import (
     format_number,
     load_kernel,
     problems,
+    time_ratio,
     time_sustained_graphs_ms,
     write_result,
 )
@@ -181,7 +182,7 @@ def _variant_entry(
 ) -> dict[str, float | None]:
     return {
         "graph_ms": time,
-        "over_base": None if time is None or base is None else time / base,
+        "over_base": time_ratio(time, base),
         "max_output_difference": difference[0],
         "max_lse_difference": difference[1],
     }

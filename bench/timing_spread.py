@@ -35,6 +35,7 @@ from bench.kernel import (
     queued_ms,
     single_call_ms,
     time_graph_ms,
+    time_ratio,
     write_result,
 )
 from sas_runtime.kernels import ops
@@ -69,12 +70,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for side in SIDES
     }
-    flex_over_ours = {
-        way: None
-        if medians["flex"][way] is None or medians["ours"][way] is None
-        else medians["flex"][way] / medians["ours"][way]
-        for way in WAYS
-    }
+    flex_over_ours = {way: time_ratio(medians["flex"][way], medians["ours"][way]) for way in WAYS}
     return {"medians_ms": medians, "flex_over_ours": flex_over_ours}
 
 

@@ -137,3 +137,9 @@ def test_problems_draw_inputs_once_per_shape_and_go_through_every_mask(
     ]
     assert drawn == [(128, 512), (128, 1024), (64, 512), (64, 1024)]
     assert rows == [(d, s, m) for d, s in drawn for m in ("causal", "random-0.5")]
+
+
+def test_a_time_ratio_needs_both_sides() -> None:
+    assert kernel.time_ratio(3.0, 2.0) == pytest.approx(1.5)
+    assert kernel.time_ratio(None, 2.0) is None
+    assert kernel.time_ratio(3.0, None) is None
