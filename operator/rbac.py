@@ -48,6 +48,13 @@ NAMESPACED_RULES: tuple[Rule, ...] = (
         "watch services; kopf keeps its progress in their annotations",
     ),
     Rule((GROUP,), (f"{PLURAL}/status",), ("patch",), "write status"),
+    Rule(
+        (GROUP,),
+        (f"{PLURAL}/finalizers",),
+        ("update",),
+        "children block their service's deletion (blockOwnerDeletion), which clusters running"
+        " OwnerReferencesPermissionEnforcement (OpenShift) allow only with this",
+    ),
     Rule(("",), ("events",), ("create",), "events on the services (operator and kopf)"),
     Rule(("",), ("serviceaccounts", "configmaps", "services"), _APPLY, "children"),
     Rule(

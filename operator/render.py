@@ -8,10 +8,19 @@ Owner references are added when the objects are applied (they need the owner's u
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from sas_operator.settings import OperatorSettings
-from sas_operator.spec import GROUP, SparseAttentionServiceSpec
+from sas_operator.spec import (
+    AUTH_DIR,
+    CONFIG_DIR,
+    GROUP,
+    SCRATCH_DIR,
+    SHM_DIR,
+    TMP_DIR,
+    SparseAttentionServiceSpec,
+)
 
 __all__ = [
     "AUTH_DIR",
@@ -32,9 +41,7 @@ __all__ = [
 
 MANAGED_BY = "sas-operator"
 APP_NAME = "sparse-attention-service"
-CONFIG_DIR = "/etc/sas"
 CONFIG_FILE = "config.json"
-AUTH_DIR = "/var/run/sas/auth"
 AUTH_FILE = "token"
 CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
 HTTP_SERVICE_PORT = 80
@@ -161,8 +168,10 @@ def _gpu_node_affinity(
 
 
 def _tolerations(spec: SparseAttentionServiceSpec) -> list[dict[str, Any]]:
+    # Empty fields left out, as the API server leaves them out of what it returns.
     tolerations = [
-        t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations
+        {k: v for k, v in t.model_dump(by_alias=True, exclude_none=True).items() if v != ""}
+        for t in spec.scheduling.tolerations
     ]
     if spec.resources.gpus > 0:
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
@@ -179,9 +188,9 @@ def _container(spec: SparseAttentionServiceSpec, settings: OperatorSettings) -> 
         limits["nvidia.com/gpu"] = str(gpus)
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "scratch", "mountPath": "/scratch"},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": TMP_DIR},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+        {"name": "dshm", "mountPath": SHM_DIR},
     ]
     if spec.model.pvc is not None:
         mounts.append({"name": "model", "mountPath": spec.model.path, "readOnly": True})
@@ -201,8 +210,8 @@ def _container(spec: SparseAttentionServiceSpec, settings: OperatorSettings) -> 
             f"{CONFIG_DIR}/{CONFIG_FILE}",
         ],
         "env": [
-            {"name": "HOME", "value": "/scratch"},
-            {"name": "TMPDIR", "value": "/tmp"},
+            {"name": "HOME", "value": SCRATCH_DIR},
+            {"name": "TMPDIR", "value": TMP_DIR},
             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         ],
         "ports": [{"name": "http", "containerPort": spec.server.port, "protocol": "TCP"}],
@@ -437,13 +446,9 @@ def _network_policy(
     for allowed in spec.security.allow_from:
         peer: dict[str, Any] = {}
         if allowed.namespace_selector is not None:
-            peer["namespaceSelector"] = {
-                "matchLabels": dict(sorted(allowed.namespace_selector.match_labels.items()))
-            }
+            peer["namespaceSelector"] = _match_labels(allowed.namespace_selector.match_labels)
         if allowed.pod_selector is not None:
-            peer["podSelector"] = {
-                "matchLabels": dict(sorted(allowed.pod_selector.match_labels.items()))
-            }
+            peer["podSelector"] = _match_labels(allowed.pod_selector.match_labels)
         peers.append(peer)
     if settings.operator_namespace is not None:
         peers.append(
@@ -454,15 +459,20 @@ def _network_policy(
                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": MANAGED_BY}},
             }
         )
+    policy: dict[str, Any] = {
+        "podSelector": {"matchLabels": pod_selector(name)},
+        "policyTypes": ["Ingress"],
+    }
+    if peers:  # no ingress rule at all admits nobody
+        policy["ingress"] = [{"from": peers, "ports": [{"port": "http", "protocol": "TCP"}]}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _metadata(name, namespace),
-        "spec": {
-            "podSelector": {"matchLabels": pod_selector(name)},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"port": "http", "protocol": "TCP"}]}]
-            if peers
-            else [],
-        },
+        "spec": policy,
     }
+
+
+def _match_labels(labels: Mapping[str, str]) -> dict[str, Any]:
+    """A label selector as the API server returns it: an empty one (everything) is {}."""
+    return {"matchLabels": dict(sorted(labels.items()))} if labels else {}

@@ -67,15 +67,27 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 """A service's metadata.name is a DNS-1035 label (it names the Service and the Deployment)."""
 NAME_MAX_LENGTH = 63
 """The longest metadata.name; the CRD's rule and the reconciler check both."""
+CONFIG_DIR = "/etc/sas"
+AUTH_DIR = "/var/run/sas/auth"
+TMP_DIR = "/tmp"
+SCRATCH_DIR = "/scratch"
+SHM_DIR = "/dev/shm"
+POD_MOUNT_PATHS = (CONFIG_DIR, TMP_DIR, SCRATCH_DIR, SHM_DIR, AUTH_DIR)
+"""Where the operator mounts its own volumes in every pod: model.path keeps clear of them."""
+OPERATOR_LABEL_KEYS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
+"""The labels the operator puts on every child (selection and pruning go by them)."""
 
-LabelKey = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=317,
-        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
-    ),
-]
+_QUALIFIED_NAME = (
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=f"^{_QUALIFIED_NAME}$")]
 LabelValue = Annotated[
     str, Field(max_length=63, pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 ]
@@ -98,6 +110,24 @@ Quantity = Annotated[
 ]
 
 
+def _cel_list(items: tuple[str, ...]) -> str:
+    """A CEL list literal of these strings."""
+    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
+
+
+def _nested(path: str, mount: str) -> bool:
+    """Whether `path` is `mount`, lies under it, or holds it (as the CEL rule says it)."""
+    return f"{path}/".startswith(f"{mount}/") or f"{mount}/".startswith(
+        path if path.endswith("/") else f"{path}/"
+    )
+
+
+_MODEL_PATH_CLEAR = (
+    f"model.path must keep clear of the pod's own mounts ({', '.join(POD_MOUNT_PATHS)}):"
+    " not one of them, under one or holding one"
+)
+
+
 def _inherited_cel(model: type[BaseModel]) -> list[tuple[str, str]]:
     """The (rule, message) pairs a config class already carries, for a subclass to extend."""
     extra = model.model_config.get("json_schema_extra")
@@ -116,6 +146,12 @@ class ModelSpec(ModelConfig):
                 "!has(self.pvc) || self.source == 'path'",
                 "model.pvc needs source 'path': the claim is mounted read-only at model.path",
             ),
+            (
+                f"!has(self.path) || !{_cel_list(POD_MOUNT_PATHS)}.exists(m,"
+                " (self.path + '/').startsWith(m + '/')"
+                " || (m + '/').startsWith(self.path.endsWith('/') ? self.path : self.path + '/'))",
+                _MODEL_PATH_CLEAR,
+            ),
         )
     )
 
@@ -129,6 +165,8 @@ class ModelSpec(ModelConfig):
             raise ValueError(
                 "model.pvc needs source 'path': the claim is mounted read-only at model.path"
             )
+        if self.path is not None and any(_nested(self.path, mount) for mount in POD_MOUNT_PATHS):
+            raise ValueError(_MODEL_PATH_CLEAR)
         return self
 
     def runtime(self) -> ModelConfig:
@@ -162,23 +200,54 @@ class ResourcesSpec(SpecModel):
     """Memory request and limit per pod (Kubernetes quantity), e.g. 16Gi."""
 
 
+_TOLERATION_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "self.operator == 'Exists' || (has(self.key) && self.key != '')",
+        "a toleration with operator Equal needs a key (only operator Exists may leave it out,"
+        " to tolerate every taint)",
+    ),
+    (
+        "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "a toleration with operator Exists matches any value: leave value out",
+    ),
+    (
+        "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerationSeconds needs effect NoExecute (other effects never evict)",
+    ),
+)
+
+
 class Toleration(SpecModel):
     """One toleration added to the pods (core/v1 Toleration)."""
 
-    key: Annotated[str, Field(max_length=317)] | None = None
-    """Taint key the toleration matches; empty with operator Exists matches every taint."""
+    model_config = ConfigDict(json_schema_extra=cel_rules(*_TOLERATION_RULES))
+
+    key: Annotated[str, Field(max_length=317, pattern=f"^({_QUALIFIED_NAME})?$")] | None = None
+    """Taint key the toleration matches, e.g. dedicated; empty (operator Exists only) matches
+    every taint."""
 
     operator: Literal["Exists", "Equal"] = "Equal"
     """Exists (any value) or Equal (the value below)."""
 
-    value: Annotated[str, Field(max_length=63)] | None = None
-    """Taint value to match with operator Equal."""
+    value: LabelValue | None = None
+    """Taint value to match with operator Equal; empty with operator Exists."""
 
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches every effect."""
 
     toleration_seconds: Annotated[int, Field(ge=0, le=31_536_000)] | None = None
-    """How long a NoExecute taint is tolerated before eviction; empty: forever."""
+    """How long a NoExecute taint is tolerated before eviction (effect NoExecute only);
+    empty: forever."""
+
+    @model_validator(mode="after")
+    def _realisable(self) -> Toleration:
+        if self.operator == "Equal" and not self.key:
+            raise ValueError(_TOLERATION_RULES[0][1])
+        if self.operator == "Exists" and self.value:
+            raise ValueError(_TOLERATION_RULES[1][1])
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(_TOLERATION_RULES[2][1])
+        return self
 
 
 class SchedulingSpec(SpecModel):
@@ -226,11 +295,25 @@ class AutoscalingSpec(SpecModel):
         return self
 
 
+_OWN_LABELS = (
+    "monitoring.serviceMonitor.labels must leave out the labels the operator sets on every"
+    f" child ({', '.join(OPERATOR_LABEL_KEYS)})"
+)
+
 IntervalString = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$", max_length=16)]
 
 
 class ServiceMonitorSpec(SpecModel):
     """The Prometheus Operator ServiceMonitor for the pods' /metrics."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                f"!has(self.labels) || !self.labels.exists(k, k in {_cel_list(OPERATOR_LABEL_KEYS)})",
+                _OWN_LABELS,
+            ),
+        )
+    )
 
     enabled: bool = True
     """Create a ServiceMonitor when the cluster serves monitoring.coreos.com/v1 (otherwise the
@@ -241,7 +324,13 @@ class ServiceMonitorSpec(SpecModel):
 
     labels: Labels = Field(default_factory=dict)
     """Extra labels on the ServiceMonitor, e.g. {release: prometheus} for a Prometheus whose
-    serviceMonitorSelector wants them."""
+    serviceMonitorSelector wants them (not the app.kubernetes.io/ labels the operator sets)."""
+
+    @model_validator(mode="after")
+    def _no_operator_labels(self) -> ServiceMonitorSpec:
+        if any(key in OPERATOR_LABEL_KEYS for key in self.labels):
+            raise ValueError(_OWN_LABELS)
+        return self
 
 
 class MonitoringSpec(SpecModel):

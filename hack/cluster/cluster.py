@@ -300,7 +300,9 @@ class LocalCluster:
                 "--authorization-mode=Node,RBAC",
                 f"--token-auth-file={self.workdir / 'tokens.csv'}",
                 "--anonymous-auth=false",
-                "--enable-admission-plugins=NodeRestriction",
+                # OwnerReferencesPermissionEnforcement, as OpenShift runs it: children that
+                # block their owner's deletion need update on its finalizers.
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
                 "--endpoint-reconciler-type=none",
                 f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
                 f"--audit-log-path={self.audit_log}",

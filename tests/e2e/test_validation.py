@@ -43,6 +43,13 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("burst-below-rate", {"rateLimit": {"requestsPerSecond": 100, "burst": 10}}, "rateLimit.burst must be at least requestsPerSecond"),
     ("image-with-space", {"image": "runtime image"}, "spec.image in body should match"),
     ("auth-secret-without-name", {"security": {"authSecretRef": {"key": "token"}}}, "spec.security.authSecretRef.name: Required value"),
+    ("toleration-equal-without-key", {"scheduling": {"tolerations": [{"value": "gpu"}]}}, "a toleration with operator Equal needs a key"),
+    ("toleration-exists-with-value", {"scheduling": {"tolerations": [{"key": "pool", "operator": "Exists", "value": "a"}]}}, "a toleration with operator Exists matches any value: leave value out"),
+    ("toleration-seconds-without-noexecute", {"scheduling": {"tolerations": [{"key": "pool", "effect": "NoSchedule", "tolerationSeconds": 60}]}}, "tolerationSeconds needs effect NoExecute"),
+    ("toleration-key-with-space", {"scheduling": {"tolerations": [{"key": "bad key", "operator": "Exists"}]}}, "spec.scheduling.tolerations[0].key in body should match"),
+    ("model-claim-over-config", {"model": {"source": "path", "path": "/etc/sas", "pvc": "models"}}, "model.path must keep clear of the pod's own mounts"),
+    ("model-path-holding-a-mount", {"model": {"source": "path", "path": "/var/run", "pvc": "models"}}, "model.path must keep clear of the pod's own mounts"),
+    ("operator-label-on-monitor", {"monitoring": {"serviceMonitor": {"labels": {"app.kubernetes.io/managed-by": "me"}}}}, "monitoring.serviceMonitor.labels must leave out the labels the operator sets"),
 ]  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from sas_operator.render import CHECKSUM_ANNOTATION, UnrenderableSpec, child_labels, render
 from sas_operator.settings import OperatorSettings
-from sas_operator.spec import SparseAttentionServiceSpec
+from sas_operator.spec import OPERATOR_LABEL_KEYS, SparseAttentionServiceSpec
 from sas_runtime.config import RuntimeConfig
 
 SETTINGS = OperatorSettings(operator_namespace="sas-system")
@@ -237,6 +237,33 @@ def test_network_policy_admits_the_listed_peers_and_the_operator() -> None:
         "matchLabels": {"kubernetes.io/metadata.name": "sas-system"}
     }
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_empty_selectors_and_values_are_rendered_as_the_api_server_returns_them() -> None:
+    """The API server leaves out an empty matchLabels, an empty toleration field and an empty
+    ingress list, so rendering them would read as drift on every resync (the e2e test
+    test_no_op_resync_sends_no_write_requests_for_children checks it on a real one)."""
+    objects = _by_kind(
+        _render(
+            {
+                "scheduling": {"tolerations": [{"key": "", "operator": "Exists", "value": ""}]},
+                "security": {"allowFrom": [{"podSelector": {}, "namespaceSelector": {}}]},
+            }
+        )
+    )
+    tolerations = objects["Deployment"]["spec"]["template"]["spec"]["tolerations"]
+    assert tolerations[0] == {"operator": "Exists"}
+    (rule,) = objects["NetworkPolicy"]["spec"]["ingress"]
+    assert rule["from"][0] == {"podSelector": {}, "namespaceSelector": {}}
+    spec = SparseAttentionServiceSpec.model_validate({"security": {"allowFrom": []}})
+    rendered = render("svc", "ns", spec, OperatorSettings(), service_monitor_served=False)
+    closed = _by_kind(rendered)["NetworkPolicy"]  # no operator namespace: no peer at all
+    assert "ingress" not in closed["spec"]
+    assert closed["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_the_labels_the_spec_reserves_are_those_every_child_carries() -> None:
+    assert sorted(child_labels("svc")) == sorted(OPERATOR_LABEL_KEYS)
 
 
 def test_service_monitor_scrapes_the_named_metrics_port() -> None:

@@ -17,6 +17,10 @@ from sas_operator.spec import SparseAttentionServiceSpec
 from tests.unit.operator.crd_checks import admit
 
 CRD = build_crd()
+MODEL_PATH_CLEAR = (
+    "model.path must keep clear of the pod's own mounts (/etc/sas, /tmp, /scratch, /dev/shm,"
+    " /var/run/sas/auth): not one of them, under one or holding one"
+)
 
 BAD_SPECS: dict[str, tuple[dict[str, Any], str | None]] = {
     "window without size": (
@@ -98,6 +102,62 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str | None]] = {
         {"resources": {"gpus": 8}, "autoscaling": {"maxReplicas": 1024}},
         "autoscaling.maxReplicas times resources.gpus must not exceed 4096 GPUs",
     ),
+    "toleration Equal without a key": (
+        {"scheduling": {"tolerations": [{"operator": "Equal", "value": "gpu"}]}},
+        "a toleration with operator Equal needs a key (only operator Exists may leave it out,"
+        " to tolerate every taint)",
+    ),
+    "toleration Equal with an empty key": (
+        {"scheduling": {"tolerations": [{"key": "", "value": "gpu"}]}},
+        "a toleration with operator Equal needs a key (only operator Exists may leave it out,"
+        " to tolerate every taint)",
+    ),
+    "toleration Exists with a value": (
+        {"scheduling": {"tolerations": [{"key": "pool", "operator": "Exists", "value": "a"}]}},
+        "a toleration with operator Exists matches any value: leave value out",
+    ),
+    "tolerationSeconds without NoExecute": (
+        {
+            "scheduling": {
+                "tolerations": [{"key": "pool", "effect": "NoSchedule", "tolerationSeconds": 60}]
+            }
+        },
+        "tolerationSeconds needs effect NoExecute (other effects never evict)",
+    ),
+    "tolerationSeconds without an effect": (
+        {"scheduling": {"tolerations": [{"key": "pool", "tolerationSeconds": 60}]}},
+        "tolerationSeconds needs effect NoExecute (other effects never evict)",
+    ),
+    "model claim over the config mount": (
+        {"model": {"source": "path", "path": "/etc/sas", "pvc": "models"}},
+        MODEL_PATH_CLEAR,
+    ),
+    "model path under a scratch mount": (
+        {"model": {"source": "path", "path": "/tmp/models/"}},
+        MODEL_PATH_CLEAR,
+    ),
+    "model path holding the token mount": (
+        {"model": {"source": "path", "path": "/var/run/", "pvc": "models"}},
+        MODEL_PATH_CLEAR,
+    ),
+    "model claim at the root": (
+        {"model": {"source": "path", "path": "/", "pvc": "models"}},
+        MODEL_PATH_CLEAR,
+    ),
+    "operator label on the ServiceMonitor": (
+        {"monitoring": {"serviceMonitor": {"labels": {"app.kubernetes.io/part-of": "prom"}}}},
+        "monitoring.serviceMonitor.labels must leave out the labels the operator sets on every"
+        " child (app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/component,"
+        " app.kubernetes.io/part-of, app.kubernetes.io/managed-by)",
+    ),
+    "toleration key with a space": (
+        {"scheduling": {"tolerations": [{"key": "bad key", "operator": "Exists"}]}},
+        None,
+    ),
+    "toleration value with a space": (
+        {"scheduling": {"tolerations": [{"key": "pool", "value": "has space"}]}},
+        None,
+    ),
     "unknown GPU type": ({"resources": {"gpuType": "A100"}}, None),
     "negative replicas": ({"replicas": -1}, None),
     "unknown field": ({"replica": 2}, None),
@@ -148,6 +208,19 @@ def test_both_sides_refuse_a_bad_spec(case: str) -> None:
         {"security": {"allowFrom": [{"podSelector": {}}], "authSecretRef": {"name": "t"}}},
         {"rollout": {"maxSurge": 0, "maxUnavailable": 1}, "autoscaling": {"maxReplicas": 4}},
         {"rateLimit": {"requestsPerSecond": 0.5, "burst": 1}},
+        {
+            "scheduling": {
+                "tolerations": [
+                    {"operator": "Exists"},
+                    {"key": "", "operator": "Exists", "value": ""},
+                    {"key": "example.com/pool", "value": "inference", "effect": "NoSchedule"},
+                    {"key": "pool", "effect": "NoExecute", "tolerationSeconds": 30},
+                ]
+            }
+        },
+        {"model": {"source": "path", "path": "/scratchpad/tmp", "pvc": "models"}},
+        {"model": {"source": "path", "path": "/etc/sas-models"}},
+        {"monitoring": {"serviceMonitor": {"labels": {"release": "prometheus"}}}},
     ],
 )
 def test_both_sides_admit_a_good_spec(spec: dict[str, Any]) -> None:
