@@ -425,7 +425,9 @@ def _add_error_handlers(app: FastAPI, state: ServingState) -> None:
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return ApiError(exc.status_code, str(exc.detail), reason="http_error").response()
+        response = ApiError(exc.status_code, str(exc.detail), reason="http_error").response()
+        response.headers.update(exc.headers or {})  # a 405's Allow, say
+        return response
 
     app.add_exception_handler(ApiError, refusal_or_failure)
     app.add_exception_handler(EngineUnavailableError, refusal_or_failure)

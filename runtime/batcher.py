@@ -365,9 +365,16 @@ class Batcher:
         except ValueError as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)
-            else:
+                return
+            # One input the engine refuses fails only its own request: each runs alone. A stop
+            # meanwhile answers those still waiting their turn, as it does the queue.
+            try:
                 for job in batch:
                     await self._run([job])
+            except asyncio.CancelledError:
+                for job in batch:
+                    _fail(job, BatcherClosedError("the runtime stopped during this batch"))
+                raise
             return
         except Exception as exc:
             for job in batch:

@@ -58,6 +58,7 @@ class Supervisor:
     def __init__(self, command: RuntimeCommand) -> None:
         self._command = command
         self._signals = 0
+        self._signalled: set[int] = set()  # front-ends the signal was passed to
         self._frontends: list[subprocess.Popen[bytes]] = []
         self._engine: subprocess.Popen[bytes] | None = None
 
@@ -74,6 +75,8 @@ class Supervisor:
         try:
             self._engine = self._start(["engine", "--engine", self._command.engine], address, env)
             for _ in range(self._command.frontends):
+                if self._signals:
+                    break  # told to stop before every front-end was up: start no more
                 self._frontends.append(
                     self._start(
                         [
@@ -122,12 +125,19 @@ class Supervisor:
         for process in self._frontends:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+                self._signalled.add(process.pid)
 
     def _watch(self) -> int:
         engine = self._engine
         assert engine is not None
         while True:
             time.sleep(_POLL_SECONDS)
+            if self._signals:
+                # One that started as the signal came (not yet listed) still has to drain.
+                for process in self._frontends:
+                    if process.pid not in self._signalled and process.poll() is None:
+                        process.send_signal(signal.SIGTERM)
+                        self._signalled.add(process.pid)
             if engine.poll() is not None:
                 logger.error("the engine process exited with %d", engine.returncode)
                 return engine.returncode or 1

@@ -37,6 +37,15 @@ _INDEX_DTYPES: dict[TensorDType, torch.dtype] = {"int32": torch.int32, "int64": 
 _WIRE_DTYPES: dict[TensorDType, torch.dtype] = FLOAT_DTYPES | _INDEX_DTYPES
 _NAMES: dict[torch.dtype, TensorDType] = {dtype: name for name, dtype in _WIRE_DTYPES.items()}
 _HEADER_LENGTH = struct.Struct("<Q")
+_SAFETENSORS_DTYPES: dict[str, TensorDType] = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I32": "int32",
+    "I64": "int64",
+}
+"""The wire dtypes by their safetensors names; the header's others are refused before loading
+(torch cannot hold some that the format allows, such as F4)."""
 
 
 class TensorError(ValueError):
@@ -115,6 +124,12 @@ def decode_safetensors(
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise TensorError(f"safetensors entry {name!r} has no valid shape", param=name)
+        if entry.get("dtype") not in _SAFETENSORS_DTYPES:
+            raise TensorError(
+                f"safetensors entry {name!r} has dtype {entry.get('dtype')!r}; the API takes"
+                f" {', '.join(_SAFETENSORS_DTYPES)}",
+                param=name,
+            )
         _check_size(math.prod(shape), param=name, max_elements=max_elements)
     try:
         tensors = safetensors.torch.load(body)
@@ -212,6 +227,15 @@ def check_attention_tensors(
             )
         if document_ids.dtype not in _INDEX_DTYPES.values():
             raise TensorError("document_ids must be int32 or int64", param="document_ids")
+        info = torch.iinfo(torch.int32)
+        if document_ids.numel() and not (
+            info.min <= int(document_ids.min()) and int(document_ids.max()) <= info.max
+        ):
+            # The kernels take int32: a wider id would wrap into another document's.
+            raise TensorError(
+                f"document_ids must lie within int32 ({info.min} to {info.max})",
+                param="document_ids",
+            )
     elif document_ids is not None:
         raise TensorError(
             f"document_ids is only used by pattern 'document', not {pattern.type.value!r}",

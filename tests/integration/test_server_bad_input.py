@@ -72,6 +72,16 @@ def _safetensors(**tensors: torch.Tensor) -> bytes:
     return safetensors.torch.save(qkv)
 
 
+def _safetensors_f8_e8m0() -> bytes:
+    """q, k and v in F8_E8M0, a dtype the format has and torch cannot load."""
+    entries = {
+        n: {"dtype": "F8_E8M0", "shape": [1, 2, 4, 8], "data_offsets": [64 * i, 64 * i + 64]}
+        for i, n in enumerate("qkv")
+    }
+    header = json.dumps(entries).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(3 * 64)
+
+
 def _check_error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -165,6 +175,7 @@ ATTENTION_CASES: list[tuple[str, Any, dict[str, str], int]] = [
         400,
     ),
     ("safetensors extra tensor", _safetensors(bias=torch.rand(3)), OCTETS, 400),
+    ("safetensors of a dtype torch cannot hold", _safetensors_f8_e8m0(), OCTETS, 400),
     ("safetensors NaN", _safetensors(q=torch.full((1, 2, 4, 8), float("nan"))), OCTETS, 400),
     ("safetensors over the limit", _safetensors(q=torch.rand(1, 2, 64, 64)), OCTETS, 413),
     ("plain text", b"q=1&k=2", {"content-type": "text/plain"}, 415),
@@ -199,7 +210,9 @@ def test_oversized_bodies_get_413_declared_or_streamed(client: httpx.Client, mod
 
 def test_unknown_routes_and_methods_get_json_errors(client: httpx.Client) -> None:
     _check_error(client.get("/v1/completions"), 404)
-    _check_error(client.get("/v1/embeddings"), 405)
+    wrong_method = client.get("/v1/embeddings")
+    _check_error(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"
 
 
 def test_the_server_still_serves_and_never_failed(

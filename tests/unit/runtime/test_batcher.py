@@ -145,6 +145,39 @@ async def test_input_the_engine_refuses_fails_only_its_own_request() -> None:
     assert engine.batches[0] == ("embed", 4)
 
 
+class _HoldsLoneRuns(FakeEngine):
+    """Runs batches of several at once and holds every batch of one until `hold` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+
+    def _forward(self, kind: str, size: int) -> None:
+        super()._forward(kind, size)
+        if size == 1:
+            self.hold.wait(timeout=30)
+
+
+async def test_stop_while_a_refused_batch_reruns_answers_every_request() -> None:
+    """After the engine refuses a batch, its requests rerun one by one; a stop then must answer
+    those still waiting their turn too (they have left the queue)."""
+    engine = _HoldsLoneRuns()
+    batcher = Batcher(engine, BatchingConfig(window_microseconds=50_000), RuntimeMetrics())
+    await batcher.start()
+    texts = [f"fine {i}" for i in range(3)] + [f"{REFUSED_WORD} x"]
+    tasks = [
+        asyncio.create_task(batcher.embed(engine.encode([t]), deadline=_deadline())) for t in texts
+    ]
+    await eventually(lambda: ("embed", 1) in engine.batches)  # the first rerun, held
+    await batcher.stop()
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=5)
+    finally:
+        engine.hold.set()
+    assert engine.batches == [("embed", 4), ("embed", 1)]
+    assert all(isinstance(r, BatcherClosedError) for r in results)
+
+
 async def test_attention_problems_of_one_shape_share_a_batch() -> None:
     engine = FakeEngine()
     items = [

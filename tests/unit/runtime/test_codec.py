@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import struct
 
+import orjson
 import pytest
 import safetensors.torch
 import torch
@@ -89,6 +90,27 @@ def test_garbage_bodies_are_refused(body: bytes) -> None:
     assert caught.value.status == 400
 
 
+def _safetensors_with(dtype: str, count: int, width: int) -> bytes:
+    """A safetensors file of one tensor `q` of `count` elements of `width` bytes each."""
+    header = orjson.dumps(
+        {"q": {"dtype": dtype, "shape": [count], "data_offsets": [0, count * width]}}
+    )
+    return struct.pack("<Q", len(header)) + header + bytes(count * width)
+
+
+@pytest.mark.parametrize(("dtype", "width"), [("F8_E8M0", 1), ("F64", 8), ("BOOL", 1), ("U8", 1)])
+def test_safetensors_dtypes_the_api_does_not_take_are_400(dtype: str, width: int) -> None:
+    """Refused from the header, by name: torch cannot even hold some (F8_E8M0, F4), and
+    loading them raised a KeyError (a 500)."""
+    with pytest.raises(TensorError) as caught:
+        decode_safetensors(_safetensors_with(dtype, 8, width), max_elements=100)
+    assert caught.value.status == 400
+    assert caught.value.param == "q"
+    assert dtype in str(caught.value)
+    tensors, _ = decode_safetensors(_safetensors_with("BF16", 8, 2), max_elements=100)
+    assert tensors["q"].dtype == torch.bfloat16
+
+
 def test_safetensors_over_the_element_limit_is_413() -> None:
     body = safetensors.torch.save({"q": torch.zeros(10, 10)})
     with pytest.raises(TensorError) as caught:
@@ -167,6 +189,11 @@ def test_document_pattern_needs_matching_document_ids() -> None:
     check_attention_tensors(
         q, k, v, torch.zeros(1, 8, dtype=torch.int32), pattern=DOCUMENT, max_elements=10_000
     )
+    wide = torch.tensor([[0, 0, 0, 0, 2**32, 2**32, 2**32, 2**32]], dtype=torch.int64)
+    with pytest.raises(TensorError, match="within int32"):  # 2**32 would wrap to 0
+        check_attention_tensors(q, k, v, wide, pattern=DOCUMENT, max_elements=10_000)
+    widest = torch.tensor([[-(2**31)] * 4 + [2**31 - 1] * 4], dtype=torch.int64)
+    check_attention_tensors(q, k, v, widest, pattern=DOCUMENT, max_elements=10_000)
     with pytest.raises(TensorError, match="only used by pattern 'document'"):
         check_attention_tensors(
             q, k, v, torch.zeros(1, 8, dtype=torch.int32), pattern=DENSE, max_elements=10_000
