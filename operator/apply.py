@@ -5,7 +5,8 @@ value there (drift), or when the hash of what we last applied, kept in an annota
 the hash of what we want now (a field we no longer set must be dropped by the apply). Fields
 the API server defaults or other controllers own do not count. So a resync with nothing to
 correct sends no write request at all. Children carrying this service's labels and owner
-reference that the spec no longer wants are deleted.
+reference that the spec no longer wants are deleted. A Deployment whose replicas pass to an
+HPA keeps its live count through the handover (`handover_manager`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "Owner",
     "apply_children",
     "covers",
+    "handover_manager",
     "owner_reference",
 ]
 
@@ -142,6 +144,37 @@ def covers(live: Any, wanted: Any) -> bool:
     return bool(live == wanted)
 
 
+def handover_manager(field_manager: str) -> str:
+    """The field manager that keeps a replica count the operator stops setting."""
+    return f"{field_manager}-handover"
+
+
+def _drops_replicas(live: Mapping[str, Any], wanted: Mapping[str, Any], field_manager: str) -> bool:
+    """Whether applying `wanted` (a scaled kind without spec.replicas: an HPA owns the count
+    now) would drop a live replica count that `field_manager` alone holds. Server-side apply
+    removes such a field, and the API server then defaults it to 1 until the HPA scales back."""
+    if "replicas" in wanted.get("spec", {}) or "replicas" not in live.get("spec", {}):
+        return False
+    holders = [
+        entry.get("manager")
+        for entry in live.get("metadata", {}).get("managedFields") or []
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
+    return holders == [field_manager]
+
+
+def _replicas_handover(live: Mapping[str, Any]) -> dict[str, Any]:
+    """The live replica count alone, applied by `handover_manager` before the operator's own
+    manager lets go of it (the Kubernetes docs' transfer of ownership to an HPA); the HPA
+    takes it over the first time it scales."""
+    return {
+        "apiVersion": live["apiVersion"],
+        "kind": live["kind"],
+        "metadata": {"name": live["metadata"]["name"], "namespace": live["metadata"]["namespace"]},
+        "spec": {"replicas": live["spec"]["replicas"]},
+    }
+
+
 def _label(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
@@ -169,6 +202,10 @@ def apply_children(
         if live is not None and covers(live, wanted):
             unchanged.append(_label(wanted))
         else:
+            if live is not None and _drops_replicas(live, wanted, field_manager):
+                cluster.apply(
+                    _replicas_handover(live), field_manager=handover_manager(field_manager)
+                )
             live = cluster.apply(wanted, field_manager=field_manager)
             applied.append(_label(wanted))
         after[key] = live

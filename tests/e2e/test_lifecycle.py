@@ -136,6 +136,28 @@ def test_autoscaler_owns_replicas_and_the_operator_does_not_fight_it(
     assert deployment["spec"]["replicas"] == 3
 
 
+def test_turning_autoscaling_on_never_drops_the_pod_count(
+    kube: Kubectl, operator: OperatorProcess
+) -> None:
+    """The operator stops setting replicas once an HPA owns them. The count it set last must
+    stay until the HPA moves it, also when a later spec change re-applies the Deployment: an
+    apply that drops a field only its own manager held resets it to the default, 1."""
+    kube.apply(sas("handover", replicas=3))
+    wait_ready(kube, "handover")
+    kube.patch(SAS, "handover", {"spec": {"autoscaling": {"minReplicas": 3, "maxReplicas": 4}}})
+    wait_for("the HPA", lambda: kube.get("horizontalpodautoscalers", "handover"), 60)
+    wait_ready(kube, "handover")
+    kube.patch(SAS, "handover", {"spec": {"rateLimit": {"requestsPerSecond": 50}}})
+
+    counts = []
+    deadline = time.monotonic() + 20  # past the HPA controller's 15 s sync
+    while time.monotonic() < deadline:
+        deployment = kube.get("deployments", "handover") or {}
+        counts.append(deployment.get("spec", {}).get("replicas"))
+        time.sleep(0.25)
+    assert set(counts) == {3}, f"the Deployment's replicas read {sorted(set(counts), key=str)}"
+
+
 def _replica_sets(kube: Kubectl, name: str) -> list[str]:
     return sorted(
         rs["metadata"]["name"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+import pytest
 
 from sas_operator.apply import (
     APPLIED_HASH_ANNOTATION,
@@ -11,6 +14,7 @@ from sas_operator.apply import (
     Owner,
     apply_children,
     covers,
+    handover_manager,
 )
 from sas_operator.render import render
 from sas_operator.settings import OperatorSettings
@@ -124,6 +128,51 @@ def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
     deployment = cluster.view(key)
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 3
+
+
+class _ManagersCluster(FakeCluster):
+    """Records each apply's field manager and body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applies: list[tuple[str, dict[str, Any]]] = []
+
+    def apply(self, obj: Mapping[str, Any], *, field_manager: str) -> dict[str, Any]:
+        self.applies.append((field_manager, dict(obj)))
+        return super().apply(obj, field_manager=field_manager)
+
+
+def _replicas_held_by(*managers: str) -> dict[str, Any]:
+    entries = [{"manager": m, "fieldsV1": {"f:spec": {"f:replicas": {}}}} for m in managers]
+    return {"metadata": {"managedFields": entries}}
+
+
+@pytest.mark.parametrize("holders", [["sas-operator"], ["sas-operator", "kube-controller-manager"]])
+def test_turning_autoscaling_on_hands_the_replica_count_over_first(holders: list[str]) -> None:
+    """Applying a Deployment without the replicas only the operator's manager held would reset
+    them to 1: another manager keeps them first (tests/e2e checks it on a real API server)."""
+    cluster = _ManagersCluster()
+    _apply(cluster, {"replicas": 3})
+    key = ("apps/v1", "Deployment", "ml", "minilm")
+    cluster.edit(key, _replicas_held_by(*holders))
+    cluster.applies.clear()
+    _apply(cluster, {"replicas": 3, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}})
+    deployments = [(m, o) for m, o in cluster.applies if o["kind"] == "Deployment"]
+    if holders == ["sas-operator"]:
+        handover, applied = deployments
+        assert handover == (
+            handover_manager("sas-operator"),
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "minilm", "namespace": "ml"},
+                "spec": {"replicas": 3},
+            },
+        )
+    else:  # someone else (the HPA) holds them too: they stay
+        (applied,) = deployments
+    assert applied[0] == "sas-operator"
+    assert "replicas" not in applied[1]["spec"]
 
 
 def test_a_field_the_spec_no_longer_sets_is_dropped() -> None:
