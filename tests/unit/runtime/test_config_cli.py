@@ -33,24 +33,16 @@ def test_the_example_config_serves_minilm_dense_on_the_cpu() -> None:
         ("serverr: {}", "serverr"),
         ("- a list", "mapping"),
         ("model: [unclosed", "not valid YAML"),
+        (b"server: {port: 8080}\n# \xff\xfe\n", "is not UTF-8 text (byte 23)"),
     ],
 )
 def test_a_bad_config_stops_start_up_naming_the_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, named: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | bytes, named: str
 ) -> None:
     config = tmp_path / "runtime.yaml"
-    config.write_text(text)
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["serve", "--config", str(config), "--engine", FAKE]) == 2
     assert named in capsys.readouterr().err
-
-
-def test_a_config_that_is_not_utf8_stops_start_up_with_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = tmp_path / "runtime.yaml"
-    config.write_bytes(b"server: {port: 8080}\n# \xff\xfe\n")
-    assert main(["serve", "--config", str(config), "--engine", FAKE]) == 2
-    assert "is not UTF-8 text (byte 23)" in capsys.readouterr().err
 
 
 def test_a_missing_token_file_stops_start_up(
