@@ -53,7 +53,7 @@ logger = logging.getLogger("sas_runtime")
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with a drain before exit: the first SIGTERM/SIGINT starts the drain
     (the listener stays open so late requests get a clear 503), exit follows when it is done.
-    A second signal exits at once. A front-end process (`watch_parent`) also drains when its
+    A second signal answers what is left with 503 and exits at once. A front-end process (`watch_parent`) also drains when its
     supervisor is gone."""
 
     def __init__(
@@ -64,6 +64,8 @@ class DrainingServer(uvicorn.Server):
         self._watch_parent = watch_parent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._cut_short = False
+        self._stop: asyncio.Task[None] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -80,11 +82,23 @@ class DrainingServer(uvicorn.Server):
         self.handle_exit(signal.SIGTERM, None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._loop is None or self._drain is not None or self.should_exit:
+        if self._loop is None or self._cut_short or self.should_exit:
             super().handle_exit(sig, frame)
+            return
+        if self._drain is not None:
+            # A second signal: what waits is answered 503 now, so the drain ends at once
+            # (uvicorn's own exit would cut the requests off without an answer).
+            logger.info(
+                "received %s again: answering what is left with 503", signal.Signals(sig).name
+            )
+            self._cut_short = True
+            self._loop.call_soon_threadsafe(self._cut_drain_short)
             return
         logger.info("received %s: draining", signal.Signals(sig).name)
         self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _cut_drain_short(self) -> None:
+        self._stop = asyncio.create_task(self._state.batcher.stop())
 
     def _start_drain(self) -> None:
         if self._drain is None:

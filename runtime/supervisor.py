@@ -148,7 +148,12 @@ class Supervisor:
                     )
                     return process.returncode or 1
             if self._signals and all(p.poll() is not None for p in self._frontends):
-                failed = [p.returncode for p in self._frontends if p.returncode]
+                # One that the passed-on signal met while it was exiting anyway ended by it.
+                failed = [
+                    p.returncode
+                    for p in self._frontends
+                    if p.returncode and p.returncode != -signal.SIGTERM
+                ]
                 engine.send_signal(signal.SIGTERM)
                 try:
                     engine.wait(_ENGINE_STOP_SECONDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any
 
 import httpx
@@ -40,9 +41,10 @@ def _queue_depth(text: str) -> float:
 
 
 async def _sigterm_with_work_in_flight(
-    runtime: RuntimeProcess, requests: int, texts: list[str]
+    runtime: RuntimeProcess, requests: int, texts: list[str], *, signals: int = 1
 ) -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
-    """Send `requests` embeddings requests, SIGTERM once all are queued, then probe."""
+    """Send `requests` embeddings requests, SIGTERM once all are queued (`signals` times, 0.2 s
+    apart), then probe."""
     async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         body = {"model": model, "input": texts}
@@ -59,6 +61,9 @@ async def _sigterm_with_work_in_flight(
         await asyncio.sleep(0.2)
         readyz = await client.get("/readyz")
         late = await client.post("/v1/embeddings", json=body)
+        for _ in range(signals - 1):
+            runtime.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
         return list(await asyncio.gather(*in_flight)), readyz, late
 
 
@@ -103,3 +108,23 @@ def test_work_past_the_drain_time_is_answered_503_and_the_exit_is_still_0(
         if response.status_code == 503:
             assert response.json()["error"]["code"] == "draining"
     assert runtime.process.wait(timeout=30) == 0
+
+
+@FRONTENDS
+def test_a_second_sigterm_answers_what_is_left_with_503_and_exits_at_once(
+    start_runtime: StartRuntime, frontends: int
+) -> None:
+    runtime = start_runtime(_config(drain_seconds=60, frontends=frontends), engine=SLOW_FAKE_ENGINE)
+    texts = [f"text {i}" for i in range(8)]
+    began = time.monotonic()
+    answered, _, _ = asyncio.run(_sigterm_with_work_in_flight(runtime, 8, texts, signals=2))
+    assert runtime.process.wait(timeout=30) == 0
+    assert time.monotonic() - began < 20  # not the 60 s drain
+    statuses = [r.status_code for r in answered]
+    assert 503 in statuses, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    for response in answered:
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "draining"
+            assert "retry-after" in response.headers
+    assert "Traceback" not in runtime.output()
