@@ -53,8 +53,8 @@ logger = logging.getLogger("sas_runtime")
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with a drain before exit: the first SIGTERM/SIGINT starts the drain
     (the listener stays open so late requests get a clear 503), exit follows when it is done.
-    A second signal answers what is left with 503 and exits at once. A front-end process (`watch_parent`) also drains when its
-    supervisor is gone."""
+    A second signal answers what is left with 503 and exits at once. A front-end process
+    (`watch_parent`) also drains when its supervisor is gone."""
 
     def __init__(
         self, config: uvicorn.Config, state: ServingState, *, watch_parent: bool = False

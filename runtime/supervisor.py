@@ -123,9 +123,13 @@ class Supervisor:
         self._signals += 1
         logger.info("received %s: draining the front-ends", signal.Signals(sig).name)
         for process in self._frontends:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                self._signalled.add(process.pid)
+            self._pass_signal(process)
+
+    def _pass_signal(self, frontend: subprocess.Popen[bytes]) -> None:
+        """SIGTERM a front-end that still runs, and remember that it was told."""
+        if frontend.poll() is None:
+            frontend.send_signal(signal.SIGTERM)
+            self._signalled.add(frontend.pid)
 
     def _watch(self) -> int:
         engine = self._engine
@@ -135,9 +139,8 @@ class Supervisor:
             if self._signals:
                 # One that started as the signal came (not yet listed) still has to drain.
                 for process in self._frontends:
-                    if process.pid not in self._signalled and process.poll() is None:
-                        process.send_signal(signal.SIGTERM)
-                        self._signalled.add(process.pid)
+                    if process.pid not in self._signalled:
+                        self._pass_signal(process)
             if engine.poll() is not None:
                 logger.error("the engine process exited with %d", engine.returncode)
                 return engine.returncode or 1

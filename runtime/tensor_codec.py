@@ -37,15 +37,9 @@ _INDEX_DTYPES: dict[TensorDType, torch.dtype] = {"int32": torch.int32, "int64": 
 _WIRE_DTYPES: dict[TensorDType, torch.dtype] = FLOAT_DTYPES | _INDEX_DTYPES
 _NAMES: dict[torch.dtype, TensorDType] = {dtype: name for name, dtype in _WIRE_DTYPES.items()}
 _HEADER_LENGTH = struct.Struct("<Q")
-_SAFETENSORS_DTYPES: dict[str, TensorDType] = {
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I32": "int32",
-    "I64": "int64",
-}
-"""The wire dtypes by their safetensors names; the header's others are refused before loading
-(torch cannot hold some that the format allows, such as F4)."""
+_SAFETENSORS_DTYPES = ("F32", "F16", "BF16", "I32", "I64")
+"""The wire dtypes (_WIRE_DTYPES) by their safetensors names; the header's others are refused
+before loading (torch cannot hold some that the format allows, such as F4)."""
 
 
 class TensorError(ValueError):
