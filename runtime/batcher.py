@@ -101,7 +101,8 @@ class Batcher:
 
     Requests enter through `embed` / `attend`, which wait for the result (or raise
     RateLimitedError, QueueFullError, DeadlineExceededError, BatcherClosedError, or the engine's
-    ValueError for input it cannot take). Each request takes a token from `rate_limit` first.
+    ValueError for input it cannot take). A request the queue has room for takes a token
+    from `rate_limit`.
     Queue depth counts admitted requests not yet answered. Once work is queued the batcher
     waits up to `windowMicroseconds` for more, unless a batch is full already or a single
     request has arrived since the last batch was taken (traffic that sparse brings no company
@@ -215,14 +216,15 @@ class Batcher:
     def _enqueue(self, jobs: list[_Job], deadline: float) -> asyncio.Future[list[object]]:
         if self._closed:
             raise BatcherClosedError("the runtime is shutting down")
+        # The queue first: a request it refuses has not spent a token of the rate limit.
+        if self._pending >= self._max_queue:
+            raise QueueFullError(
+                f"the queue holds {self._pending} requests (batching.maxQueueDepth)"
+            )
         if self._rate_limit is not None and (wait := self._rate_limit.try_acquire()) > 0:
             raise RateLimitedError(
                 f"over the rate limit of {self._rate_limit.rate:g} requests/s",
                 retry_after=wait,
-            )
-        if self._pending >= self._max_queue:
-            raise QueueFullError(
-                f"the queue holds {self._pending} requests (batching.maxQueueDepth)"
             )
         loop = asyncio.get_running_loop()
         now = loop.time()

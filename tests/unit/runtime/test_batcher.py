@@ -14,11 +14,13 @@ from sas_runtime.batcher import (
     BatcherClosedError,
     DeadlineExceededError,
     QueueFullError,
+    RateLimitedError,
     sequence_bucket,
 )
 from sas_runtime.config import BatchingConfig, PatternConfig, PatternType
 from sas_runtime.engine import AttentionInput
 from sas_runtime.metrics import RuntimeMetrics
+from sas_runtime.rate_limit import TokenBucket
 from tests.fake_engine import REFUSED_WORD, FakeEngine, eventually
 
 
@@ -117,6 +119,33 @@ async def test_a_full_queue_refuses_new_requests() -> None:
         results = await asyncio.gather(*admitted)
     assert all(r.shape == (1, engine.dim) for r in results)
     assert batcher.pending == 0
+
+
+async def test_a_request_the_full_queue_refuses_spends_no_rate_limit_token() -> None:
+    engine = FakeEngine(gate=threading.Event())
+    bucket = TokenBucket(rate=0.001, burst=2)
+    batcher = Batcher(
+        engine,
+        BatchingConfig(max_batch_size=1, max_queue_depth=1),
+        RuntimeMetrics(),
+        rate_limit=bucket,
+    )
+    await batcher.start()
+    try:
+        admitted = asyncio.create_task(batcher.embed(engine.encode(["a"]), deadline=_deadline()))
+        await eventually(lambda: batcher.pending == 1)
+        for _ in range(3):
+            with pytest.raises(QueueFullError):
+                await batcher.embed(engine.encode(["b"]), deadline=_deadline())
+        assert engine.gate is not None
+        engine.gate.set()
+        await admitted
+        await batcher.embed(engine.encode(["c"]), deadline=_deadline())
+        with pytest.raises(RateLimitedError):
+            await batcher.embed(engine.encode(["d"]), deadline=_deadline())
+    finally:
+        engine.gate.set()
+        await batcher.stop()
 
 
 async def test_a_request_past_its_deadline_is_answered_with_deadline_exceeded() -> None:
