@@ -65,6 +65,13 @@ def _service_name(kube: Kubectl) -> str:
     return output.split()[0].split("/")[-1]
 
 
+def _config_map_name(deployment: dict[str, Any]) -> str:
+    """The ConfigMap the Deployment's pods read their config from (named after its content)."""
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    name: str = next(v["configMap"]["name"] for v in volumes if v["name"] == "config")
+    return name
+
+
 def _runtime_command(deployment: dict[str, Any], config_file: Path, port: int) -> list[str]:
     """The Deployment's container command, pointed at the local copy of its config.
 
@@ -147,10 +154,15 @@ def run_demo(workdir: Path) -> None:
         with progress.step(
             "start the runtime with the ConfigMap's config and the Deployment's command"
         ):
-            config_map = kube.get("configmaps", name)
             deployment = kube.get("deployments", name)
-            if config_map is None or deployment is None:
-                raise DemoFailed(f"the operator made no ConfigMap or Deployment named {name}")
+            if deployment is None:
+                raise DemoFailed(f"the operator made no Deployment named {name}")
+            config_map_name = _config_map_name(deployment)
+            config_map = kube.get("configmaps", config_map_name)
+            if config_map is None:
+                raise DemoFailed(
+                    f"the Deployment mounts ConfigMap {config_map_name}, which is gone"
+                )
             config_file = workdir / CONFIG_FILE
             config_file.write_text(config_map["data"][CONFIG_FILE])
             port = free_port()

@@ -5,8 +5,13 @@ value there (drift), or when the hash of what we last applied, kept in an annota
 the hash of what we want now (a field we no longer set must be dropped by the apply). Fields
 the API server defaults or other controllers own do not count. So a resync with nothing to
 correct sends no write request at all. Children carrying this service's labels and owner
-reference that the spec no longer wants are deleted. A Deployment whose replicas pass to an
-HPA keeps its live count through the handover (`handover_manager`).
+reference that the spec no longer wants are deleted, except a ConfigMap that the pod template
+of one of the service's ReplicaSets with pods still mounts: old pods of a rolling (or stuck)
+rollout, and their restarts, read their config from it until the ReplicaSet scales to 0 (a
+later pass then deletes it). A Deployment whose replicas pass to an HPA keeps its live count
+through the handover (`handover_manager`). An immutable object (the config ConfigMap) whose
+live data is not the wanted data cannot be applied; when it is ours, it is deleted and created
+anew.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from sas_operator.cluster import Cluster, ObjectKey, object_key
-from sas_operator.render import MANAGED_BY
+from sas_operator.render import MANAGED_BY, pod_selector
 from sas_operator.spec import GROUP
 
 __all__ = [
@@ -179,6 +184,42 @@ def _label(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
+_IMMUTABLE_FIELDS = ("data", "binaryData")
+"""What the API server refuses to change in an immutable ConfigMap or Secret."""
+
+
+def _immutable_differs(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether `live` is immutable and holds other data than `wanted`: an apply would be
+    refused. (Labels and annotations of an immutable object may still change.)"""
+    return live.get("immutable") is True and any(
+        live.get(name) != wanted.get(name) for name in _IMMUTABLE_FIELDS
+    )
+
+
+def _has_owner(obj: Mapping[str, Any], owner: Owner) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(r.get("uid") == owner.uid for r in refs)
+
+
+def _mounted_config_maps(cluster: Cluster, owner: Owner) -> frozenset[str]:
+    """The ConfigMaps that pods of the owner's ReplicaSets mount, counting only ReplicaSets
+    that have or want pods. ReplicaSets carry their pod template's labels, the pod selector."""
+    names: set[str] = set()
+    for replica_set in cluster.list(
+        "apps/v1", "ReplicaSet", owner.namespace, pod_selector(owner.name)
+    ):
+        spec = replica_set.get("spec") or {}
+        status = replica_set.get("status") or {}
+        if not (spec.get("replicas", 1) or status.get("replicas")):
+            continue
+        pod_spec = (spec.get("template") or {}).get("spec") or {}
+        for volume in pod_spec.get("volumes") or []:
+            config_map = volume.get("configMap") or {}
+            if config_map.get("name"):
+                names.add(config_map["name"])
+    return frozenset(names)
+
+
 def apply_children(
     cluster: Cluster,
     owner: Owner,
@@ -199,6 +240,9 @@ def apply_children(
         wanted = _owned(obj, owner)
         key = object_key(wanted)
         live = cluster.get(*key)
+        if live is not None and _immutable_differs(live, wanted) and _has_owner(live, owner):
+            cluster.delete(*key, uid=live["metadata"]["uid"])
+            live = None
         if live is not None and covers(live, wanted):
             unchanged.append(_label(wanted))
         else:
@@ -214,12 +258,17 @@ def apply_children(
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
     pruned: list[str] = []
+    mounted: frozenset[str] | None = None  # listed only when a ConfigMap is to go
     for api_version, kind in served_kinds:
         for live in cluster.list(api_version, kind, owner.namespace, selector):
             live = {"apiVersion": api_version, "kind": kind, **live}
-            refs = live["metadata"].get("ownerReferences") or []
-            if object_key(live) in after or not any(r.get("uid") == owner.uid for r in refs):
+            if object_key(live) in after or not _has_owner(live, owner):
                 continue
+            if (api_version, kind) == ("v1", "ConfigMap"):
+                if mounted is None:
+                    mounted = _mounted_config_maps(cluster, owner)
+                if live["metadata"]["name"] in mounted:
+                    continue
             cluster.delete(
                 api_version,
                 kind,

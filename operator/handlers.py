@@ -1,7 +1,8 @@
 """The kopf handlers: thin wiring from cluster events to `Reconciler.reconcile`.
 
 - create / update / resume of a SparseAttentionService reconcile it;
-- every event of a Deployment we own reconciles its owner (drift, rollout progress, status);
+- every event of a Deployment we own reconciles its owner (drift, rollout progress, status;
+  the event of a finished rollout lets the old config ConfigMap be pruned);
 - a resync loop, started at start-up, reconciles every service every SAS_OPERATOR_RESYNC_SECONDS,
   except while kopf's peering has paused this operator.
 

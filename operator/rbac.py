@@ -60,6 +60,13 @@ NAMESPACED_RULES: tuple[Rule, ...] = (
     Rule(
         ("apps",), ("deployments",), (*_APPLY, "watch"), "children; watched for drift and rollout"
     ),
+    Rule(
+        ("apps",),
+        ("replicasets",),
+        ("list",),
+        "a config ConfigMap is pruned only once no ReplicaSet with pods mounts it (listed by"
+        " the pods' labels, never written)",
+    ),
     Rule(("policy",), ("poddisruptionbudgets",), _APPLY, "children"),
     Rule(("autoscaling",), ("horizontalpodautoscalers",), _APPLY, "children"),
     Rule(("networking.k8s.io",), ("networkpolicies",), _APPLY, "children"),

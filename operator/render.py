@@ -3,6 +3,12 @@
 No API calls: `render(name, namespace, spec, settings, ...)` returns plain dicts in a fixed
 order, the same for the same input, so every manifest can be validated without a cluster.
 Owner references are added when the objects are applied (they need the owner's uid).
+
+The runtime's config goes into an immutable ConfigMap named after its content
+(`config_map_name`), as Kustomize's configMapGenerator does: a new config is a new ConfigMap
+that only the new pod template mounts, so a config change rolls the pods through the Deployment,
+and when the API server refuses the new Deployment the running pods (and their restarts) keep
+reading the config they started with.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from sas_operator.settings import OperatorSettings
 from sas_operator.spec import (
     AUTH_DIR,
     CONFIG_DIR,
-    GROUP,
     SCRATCH_DIR,
     SHM_DIR,
     TMP_DIR,
@@ -24,7 +29,6 @@ from sas_operator.spec import (
 
 __all__ = [
     "AUTH_DIR",
-    "CHECKSUM_ANNOTATION",
     "CONFIG_DIR",
     "CONFIG_FILE",
     "HTTP_SERVICE_PORT",
@@ -34,6 +38,7 @@ __all__ = [
     "QUEUE_DEPTH_METRIC",
     "UnrenderableSpec",
     "child_labels",
+    "config_map_name",
     "pod_selector",
     "render",
     "service_url",
@@ -43,7 +48,8 @@ MANAGED_BY = "sas-operator"
 APP_NAME = "sparse-attention-service"
 CONFIG_FILE = "config.json"
 AUTH_FILE = "token"
-CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
+CONFIG_HASH_LENGTH = 10
+"""Hex digits of the config's sha256 in its ConfigMap's name (40 bits, as Kustomize's suffix)."""
 HTTP_SERVICE_PORT = 80
 METRICS_SERVICE_PORT = 9090
 PRESTOP_SECONDS = 5
@@ -74,6 +80,13 @@ def child_labels(name: str) -> dict[str, str]:
         "app.kubernetes.io/part-of": "sparse-attention",
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
+
+
+def config_map_name(name: str, config_json: str) -> str:
+    """The name of the ConfigMap holding `config_json` for service `name`: a DNS-1123 subdomain
+    (at most 63 + 18 characters), the same for the same config, another for another config."""
+    digest = hashlib.sha256(config_json.encode()).hexdigest()[:CONFIG_HASH_LENGTH]
+    return f"{name}-config-{digest}"
 
 
 def service_url(name: str, namespace: str) -> str:
@@ -131,7 +144,12 @@ def _config_map(name: str, namespace: str, config_json: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(name, namespace),
+        "metadata": {
+            "name": config_map_name(name, config_json),
+            "namespace": namespace,
+            "labels": child_labels(name),
+        },
+        "immutable": True,
         "data": {CONFIG_FILE: config_json},
     }
 
@@ -249,9 +267,9 @@ def _container(spec: SparseAttentionServiceSpec, settings: OperatorSettings) -> 
     }
 
 
-def _volumes(name: str, spec: SparseAttentionServiceSpec) -> list[dict[str, Any]]:
+def _volumes(name: str, spec: SparseAttentionServiceSpec, config_json: str) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": name}},
+        {"name": "config", "configMap": {"name": config_map_name(name, config_json)}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         {"name": "scratch", "emptyDir": {"sizeLimit": "8Gi"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
@@ -301,7 +319,7 @@ def _deployment(
         + spec.server.drain_seconds
         + GRACE_MARGIN_SECONDS,
         "containers": [_container(spec, settings)],
-        "volumes": _volumes(name, spec),
+        "volumes": _volumes(name, spec, config_json),
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
@@ -333,15 +351,7 @@ def _deployment(
             },
         },
         "revisionHistoryLimit": 5,
-        "template": {
-            "metadata": {
-                "labels": child_labels(name),
-                "annotations": {
-                    CHECKSUM_ANNOTATION: hashlib.sha256(config_json.encode()).hexdigest()
-                },
-            },
-            "spec": pod_spec,
-        },
+        "template": {"metadata": {"labels": child_labels(name)}, "spec": pod_spec},
     }
     if spec.autoscaling is None:
         deployment_spec = {"replicas": spec.replicas, **deployment_spec}

@@ -85,6 +85,17 @@ def children(kube: Kubectl, name: str, kinds: tuple[str, ...] = CHILD_KINDS) -> 
     return found
 
 
+def config_map_of(kube: Kubectl, name: str) -> Manifest:
+    """The ConfigMap the service's Deployment mounts its config from (named after its content)."""
+    deployment = kube.get("deployments", name)
+    assert deployment is not None, f"no Deployment {name}"
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    config_name: str = next(v["configMap"]["name"] for v in volumes if v["name"] == "config")
+    config_map = kube.get("configmaps", config_name)
+    assert config_map is not None, f"the Deployment mounts ConfigMap {config_name}, which is gone"
+    return config_map
+
+
 def service_monitors(kube: Kubectl, name: str) -> list[Manifest] | None:
     """This service's ServiceMonitors, or None while the cluster does not serve the kind."""
     try:

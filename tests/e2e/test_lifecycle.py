@@ -10,14 +10,17 @@ import pytest
 import yaml
 
 from hack.cluster import nodes
-from hack.cluster.kube import Kubectl, wait_for
+from hack.cluster.kube import Kubectl, KubectlError, wait_for
 from hack.cluster.operator_process import OperatorProcess
-from sas_operator.render import CHECKSUM_ANNOTATION, CONFIG_FILE, service_url
+from sas_operator.apply import APPLIED_HASH_ANNOTATION
+from sas_operator.render import CONFIG_FILE, service_url
 
 from .services import (
     RESYNC_SECONDS,
     SAS,
+    Manifest,
     children,
+    config_map_of,
     controller_uid,
     create_prerequisites,
     pod_ready,
@@ -158,40 +161,47 @@ def test_turning_autoscaling_on_never_drops_the_pod_count(
     assert set(counts) == {3}, f"the Deployment's replicas read {sorted(set(counts), key=str)}"
 
 
-def _replica_sets(kube: Kubectl, name: str) -> list[str]:
-    return sorted(
-        rs["metadata"]["name"]
+def _replica_sets(kube: Kubectl, name: str) -> dict[str, Manifest]:
+    return {
+        rs["metadata"]["name"]: rs
         for rs in kube.list("replicasets")
         if rs["metadata"]["name"].startswith(f"{name}-")
-    )
+    }
 
 
-def test_spec_change_rolls_pods_through_a_new_replica_set(
+def _rolled_out(kube: Kubectl, name: str, replicas: int) -> bool:
+    """Whether the Deployment's current template runs all its pods, ready, and no other pod."""
+    deployment = kube.get("deployments", name) or {}
+    status = deployment.get("status", {})
+    counts = [status.get(k) for k in ("updatedReplicas", "replicas", "readyReplicas")]
+    current = status.get("observedGeneration") == deployment["metadata"]["generation"]
+    return current and counts == [replicas] * 3
+
+
+def _config_maps(kube: Kubectl, name: str) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in children(kube, name, ("configmaps",)))
+
+
+def test_spec_change_rolls_pods_through_a_new_replica_set_and_config_map(
     kube: Kubectl, operator: OperatorProcess
 ) -> None:
+    """A new config is a new immutable ConfigMap that only the new pod template mounts; the old
+    one goes once the old ReplicaSet has no pods left."""
     kube.apply(sas("roll", replicas=2, rateLimit={"requestsPerSecond": 200, "burst": 400}))
     wait_ready(kube, "roll")
-    before = kube.get("deployments", "roll")
-    assert before is not None
-    old_checksum = before["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+    old_config = config_map_of(kube, "roll")
+    assert old_config["immutable"] is True
+    assert _config_maps(kube, "roll") == [old_config["metadata"]["name"]]
     old_sets = _replica_sets(kube, "roll")
     assert len(old_sets) == 1
 
     kube.patch(SAS, "roll", {"spec": {"rateLimit": {"requestsPerSecond": 100}}})
     wait_ready(kube, "roll")
-
-    def rolled() -> bool:
-        deployment = kube.get("deployments", "roll") or {}
-        status = deployment.get("status", {})
-        counts = [status.get(k) for k in ("updatedReplicas", "replicas", "readyReplicas")]
-        current = status.get("observedGeneration") == deployment["metadata"]["generation"]
-        return current and counts == [2, 2, 2]
-
-    wait_for("the rollout to finish", rolled, 90)
-    after = kube.get("deployments", "roll")
-    assert after is not None
-    new_checksum = after["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
-    assert new_checksum != old_checksum
+    wait_for("the rollout to finish", lambda: _rolled_out(kube, "roll", 2), 90)
+    new_config = config_map_of(kube, "roll")
+    assert new_config["metadata"]["name"] != old_config["metadata"]["name"]
+    assert new_config["immutable"] is True
+    assert json.loads(new_config["data"][CONFIG_FILE])["rateLimit"]["requestsPerSecond"] == 100
     new_sets = _replica_sets(kube, "roll")
     assert len(new_sets) == 2
     assert set(old_sets) < set(new_sets)
@@ -199,9 +209,52 @@ def test_spec_change_rolls_pods_through_a_new_replica_set(
     assert all(
         pod["metadata"]["ownerReferences"][0]["name"] == new_set for pod in pods(kube, "roll")
     )
-    config_map = kube.get("configmaps", "roll")
-    assert config_map is not None
-    assert json.loads(config_map["data"][CONFIG_FILE])["rateLimit"]["requestsPerSecond"] == 100
+    (old_set,) = old_sets
+    assert new_sets[old_set]["status"]["replicas"] == 0
+    wait_for(
+        "the old ConfigMap to be pruned",
+        lambda: _config_maps(kube, "roll") == [new_config["metadata"]["name"]],
+        DRIFT_TIMEOUT,
+    )
+
+
+def test_a_stuck_rollout_keeps_the_config_map_the_old_pods_read(
+    kube: Kubectl, operator: OperatorProcess
+) -> None:
+    """New pods that cannot schedule leave the old ReplicaSet's pods running (maxUnavailable 0),
+    and they and their restarts still need the old config; once the rollout can finish, the old
+    ConfigMap goes."""
+    kube.apply(sas("stuck", replicas=2, rateLimit={"requestsPerSecond": 200, "burst": 400}))
+    wait_ready(kube, "stuck")
+    old_config = config_map_of(kube, "stuck")["metadata"]["name"]
+    (old_set,) = _replica_sets(kube, "stuck")
+
+    kube.patch(
+        SAS,
+        "stuck",
+        {
+            "spec": {
+                "rateLimit": {"requestsPerSecond": 100},
+                "scheduling": {"nodeSelector": {"pool": "nowhere"}},
+            }
+        },
+    )
+    wait_for("a second ReplicaSet", lambda: len(_replica_sets(kube, "stuck")) == 2, 60)
+    new_config = config_map_of(kube, "stuck")["metadata"]["name"]
+    assert new_config != old_config
+    time.sleep(2 * RESYNC_SECONDS + 2)
+    assert _config_maps(kube, "stuck") == sorted([old_config, new_config])
+    assert _replica_sets(kube, "stuck")[old_set]["status"]["replicas"] == 2
+
+    kube.patch(SAS, "stuck", {"spec": {"scheduling": {"nodeSelector": None}}})
+    wait_for("the rollout to finish", lambda: _rolled_out(kube, "stuck", 2), 90)
+    assert _replica_sets(kube, "stuck")[old_set]["status"]["replicas"] == 0
+    assert config_map_of(kube, "stuck")["metadata"]["name"] == new_config
+    wait_for(
+        "the old ConfigMap to be pruned",
+        lambda: _config_maps(kube, "stuck") == [new_config],
+        DRIFT_TIMEOUT,
+    )
 
 
 def test_drift_is_corrected_within_the_resync_interval(
@@ -209,19 +262,27 @@ def test_drift_is_corrected_within_the_resync_interval(
 ) -> None:
     kube.apply(sas("drift", replicas=1))
     wait_ready(kube, "drift")
-    config_map = kube.get("configmaps", "drift")
-    assert config_map is not None
-    wanted_config = config_map["data"][CONFIG_FILE]
+    config_map = config_map_of(kube, "drift")
+    config_name = config_map["metadata"]["name"]
+    applied_hash = config_map["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+    with pytest.raises(KubectlError, match="immutable"):
+        kube.patch("configmaps", config_name, {"data": {CONFIG_FILE: "{}"}})
 
-    kube.patch("configmaps", "drift", {"data": {CONFIG_FILE: "{}"}})
+    # What can drift on an immutable ConfigMap is its metadata; the operator's apply over it,
+    # data unchanged, is one the API server accepts.
+    kube.patch(
+        "configmaps", config_name, {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "x"}}}
+    )
     kube.delete("services", "drift")
     kube.run("scale", "deployment", "drift", "--replicas=4")
 
     wait_for(
-        "the ConfigMap to be restored",
+        "the ConfigMap's annotation to be restored",
         lambda: (
-            (kube.get("configmaps", "drift") or {}).get("data", {}).get(CONFIG_FILE)
-            == wanted_config
+            ((kube.get("configmaps", config_name) or {}).get("metadata") or {})
+            .get("annotations", {})
+            .get(APPLIED_HASH_ANNOTATION)
+            == applied_hash
         ),
         DRIFT_TIMEOUT,
     )
@@ -229,6 +290,12 @@ def test_drift_is_corrected_within_the_resync_interval(
     wait_for(
         "the Deployment's replicas to be restored",
         lambda: (kube.get("deployments", "drift") or {}).get("spec", {}).get("replicas") == 1,
+        DRIFT_TIMEOUT,
+    )
+    kube.delete("configmaps", config_name)
+    wait_for(
+        "the ConfigMap to be recreated",
+        lambda: kube.get("configmaps", config_name),
         DRIFT_TIMEOUT,
     )
 

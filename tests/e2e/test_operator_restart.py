@@ -17,6 +17,7 @@ from .services import (
     RESYNC_SECONDS,
     SAS,
     children,
+    config_map_of,
     resource_versions,
     sas,
     wait_ready,
@@ -117,7 +118,11 @@ def test_killing_the_operator_mid_reconcile_still_converges(
         made = children(kube, name)
         kinds = [child["kind"] for child in made]
         assert len(kinds) == len(set(kinds)), f"duplicate children of {name}: {kinds}"
-        assert all(child["metadata"]["name"] == name for child in made)
+        config_map = config_map_of(kube, name)["metadata"]["name"]
+        assert all(
+            child["metadata"]["name"] == (config_map if child["kind"] == "ConfigMap" else name)
+            for child in made
+        )
         replica_sets = [
             rs for rs in kube.list("replicasets") if rs["metadata"]["name"].startswith(f"{name}-")
         ]

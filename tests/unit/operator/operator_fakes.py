@@ -3,7 +3,8 @@
 Server-side apply is modelled closely enough to test idempotence: the last applied
 configuration of our field manager is kept apart from fields written by others (`edit`); an
 apply replaces ours and, with conflicts forced, takes back any field it names. Lists are
-atomic. Calls are recorded as (verb, resource)
+atomic. An apply that changes the data of an immutable ConfigMap is refused (422), as the API
+server refuses it. Calls are recorded as (verb, resource)
 so tests can count writes and check them against the RBAC rules.
 """
 
@@ -14,6 +15,8 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
 
 from sas_operator.reconcile import API_VERSION
 from sas_operator.spec import KIND, PLURAL
@@ -26,6 +29,7 @@ PLURALS = {
     "ServiceAccount": "serviceaccounts",
     "ConfigMap": "configmaps",
     "Deployment": "deployments",
+    "ReplicaSet": "replicasets",
     "Service": "services",
     "ServiceMonitor": "servicemonitors",
     "PodDisruptionBudget": "poddisruptionbudgets",
@@ -174,7 +178,12 @@ class FakeCluster:
             candidate = StoredObject(copy.deepcopy(dict(obj)), {}, f"uid-{next(self._uids)}", 1)
         else:
             theirs = _without(stored.theirs, obj)
-            changed = merge(obj, theirs) != merge(stored.ours, stored.theirs)
+            before, after = merge(stored.ours, stored.theirs), merge(obj, theirs)
+            if before.get("immutable") is True and any(
+                after.get(f) != before.get(f) for f in ("immutable", "data", "binaryData")
+            ):
+                raise ApiException(status=422, reason="Invalid: field is immutable")
+            changed = after != before
             candidate = StoredObject(
                 copy.deepcopy(dict(obj)), theirs, stored.uid, stored.version + int(changed)
             )
@@ -238,3 +247,28 @@ def make_deployment_ready(cluster: FakeCluster, namespace: str, name: str) -> No
             },
         },
     )
+
+
+def put_replica_set(
+    cluster: FakeCluster, namespace: str, name: str, *, replicas: int, pods: int
+) -> Key:
+    """Play the Deployment controller: a ReplicaSet of the Deployment's current pod template
+    (its labels too) that wants `replicas` pods and has `pods`; returns its key."""
+    deployment = cluster.view(("apps/v1", "Deployment", namespace, name))
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    replica_set_name = f"{name}-{len(cluster.objects)}"
+    cluster.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": replica_set_name,
+                "namespace": namespace,
+                "labels": dict(template["metadata"]["labels"]),
+            },
+            "spec": {"replicas": replicas, "template": template},
+            "status": {"replicas": pods},
+        }
+    )
+    return ("apps/v1", "ReplicaSet", namespace, replica_set_name)

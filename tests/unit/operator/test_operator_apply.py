@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from sas_operator.apply import (
     APPLIED_HASH_ANNOTATION,
@@ -16,10 +17,10 @@ from sas_operator.apply import (
     covers,
     handover_manager,
 )
-from sas_operator.render import render
+from sas_operator.render import CONFIG_FILE, render
 from sas_operator.settings import OperatorSettings
 from sas_operator.spec import SparseAttentionServiceSpec
-from tests.unit.operator.operator_fakes import FakeCluster
+from tests.unit.operator.operator_fakes import FakeCluster, put_replica_set
 
 OWNER = Owner("sparseattention.io/v1alpha1", "SparseAttentionService", "minilm", "ml", "owner-uid")
 SETTINGS = OperatorSettings()
@@ -42,12 +43,18 @@ def _apply(cluster: FakeCluster, spec: dict[str, object]) -> ApplyResult:
     )
 
 
+def _config_map_key(spec: dict[str, object]) -> tuple[str, str, str, str]:
+    """The key of the config ConfigMap that `spec` renders (its name follows its content)."""
+    config_map = next(o for o in _objects(spec) if o["kind"] == "ConfigMap")
+    return ("v1", "ConfigMap", "ml", config_map["metadata"]["name"])
+
+
 def test_first_pass_creates_every_child_with_an_owner_reference() -> None:
     cluster = FakeCluster()
     result = _apply(cluster, {"replicas": 2})
     assert result.applied == (
         "ServiceAccount/minilm",
-        "ConfigMap/minilm",
+        f"ConfigMap/{_config_map_key({'replicas': 2})[3]}",
         "Deployment/minilm",
         "Service/minilm",
         "PodDisruptionBudget/minilm",
@@ -68,6 +75,7 @@ def test_second_pass_writes_nothing() -> None:
     assert not result.changed
     assert len(result.unchanged) == 5
     assert cluster.writes() == []
+    assert ("list", "apps", "replicasets") not in cluster.calls  # no ConfigMap to prune
 
 
 def test_foreign_fields_do_not_cause_writes_but_drift_in_ours_is_corrected() -> None:
@@ -94,6 +102,96 @@ def test_children_the_spec_no_longer_wants_are_pruned() -> None:
     result = _apply(cluster, {"replicas": 1})
     assert set(result.pruned) == {"HorizontalPodAutoscaler/minilm", "PodDisruptionBudget/minilm"}
     assert ("HorizontalPodAutoscaler", "minilm") not in cluster.kinds()
+
+
+OLD_CONFIG = {"replicas": 2, "rateLimit": {"requestsPerSecond": 200}}
+NEW_CONFIG = {"replicas": 2, "rateLimit": {"requestsPerSecond": 100}}
+
+
+def test_an_old_config_map_stays_while_a_replica_set_with_pods_mounts_it() -> None:
+    """Mid-rollout (or stuck), the old pods and their restarts still read the old config."""
+    cluster = FakeCluster()
+    _apply(cluster, OLD_CONFIG)
+    old_set = put_replica_set(cluster, "ml", "minilm", replicas=2, pods=2)
+    old_config, new_config = _config_map_key(OLD_CONFIG), _config_map_key(NEW_CONFIG)
+    assert old_config != new_config
+
+    result = _apply(cluster, NEW_CONFIG)
+    assert f"ConfigMap/{new_config[3]}" in result.applied
+    assert result.pruned == ()
+    put_replica_set(cluster, "ml", "minilm", replicas=1, pods=1)
+    cluster.edit(old_set, {"spec": {"replicas": 0}})  # scaled down, its pods still going
+    assert _apply(cluster, NEW_CONFIG).pruned == ()
+    assert cluster.view(old_config) is not None
+    assert cluster.view(new_config) is not None
+
+    cluster.edit(old_set, {"status": {"replicas": 0}})
+    result = _apply(cluster, NEW_CONFIG)
+    assert result.pruned == (f"ConfigMap/{old_config[3]}",)
+    assert cluster.view(old_config) is None
+    assert cluster.view(new_config) is not None
+
+
+def test_an_old_config_map_no_replica_set_with_pods_mounts_is_pruned() -> None:
+    cluster = FakeCluster()
+    _apply(cluster, OLD_CONFIG)
+    put_replica_set(cluster, "ml", "minilm", replicas=0, pods=0)  # an old revision, kept
+    result = _apply(cluster, NEW_CONFIG)
+    assert result.pruned == (f"ConfigMap/{_config_map_key(OLD_CONFIG)[3]}",)
+    assert ("list", "apps", "replicasets") in cluster.calls
+    assert [name for kind, name in cluster.kinds() if kind == "ConfigMap"] == [
+        _config_map_key(NEW_CONFIG)[3]
+    ]
+
+
+def test_metadata_drift_of_the_immutable_config_map_is_applied_over_it() -> None:
+    """The API server lets labels and annotations of an immutable ConfigMap change."""
+    cluster = FakeCluster()
+    _apply(cluster, {})
+    key = _config_map_key({})
+    cluster.edit(key, {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "edited"}}})
+    before = cluster.view(key)
+    assert before is not None
+    result = _apply(cluster, {})
+    assert result.applied == (f"ConfigMap/{key[3]}",)
+    after = cluster.view(key)
+    assert after is not None
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] != "edited"
+
+
+def test_an_own_config_map_holding_other_data_is_replaced_not_applied_over() -> None:
+    """Its name promises its content; an apply over other immutable data would be refused."""
+    cluster = FakeCluster()
+    _apply(cluster, {})
+    key = _config_map_key({})
+    wanted = cluster.view(key)
+    assert wanted is not None
+    cluster.put({**wanted, "data": {CONFIG_FILE: "{}"}})  # deleted and made anew by hand
+    result = _apply(cluster, {})
+    assert result.applied == (f"ConfigMap/{key[3]}",)
+    replaced = cluster.view(key)
+    assert replaced is not None
+    assert replaced["data"] == wanted["data"]
+    assert replaced["immutable"] is True
+
+
+def test_someone_elses_immutable_config_map_in_the_way_is_left_to_the_refused_apply() -> None:
+    cluster = FakeCluster()
+    key = _config_map_key({})
+    squatter = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": key[3], "namespace": "ml"},
+        "immutable": True,
+        "data": {CONFIG_FILE: "{}"},
+    }
+    cluster.put(squatter)
+    with pytest.raises(ApiException):
+        _apply(cluster, {})
+    left = cluster.view(key)
+    assert left is not None
+    assert left["data"] == squatter["data"]
 
 
 def test_objects_of_another_owner_are_never_pruned() -> None:

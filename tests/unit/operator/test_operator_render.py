@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
-from sas_operator.render import CHECKSUM_ANNOTATION, UnrenderableSpec, child_labels, render
+from sas_operator.render import (
+    CONFIG_FILE,
+    UnrenderableSpec,
+    child_labels,
+    config_map_name,
+    render,
+)
 from sas_operator.settings import OperatorSettings
-from sas_operator.spec import OPERATOR_LABEL_KEYS, SparseAttentionServiceSpec
+from sas_operator.spec import NAME_MAX_LENGTH, OPERATOR_LABEL_KEYS, SparseAttentionServiceSpec
 from sas_runtime.config import RuntimeConfig
 
 SETTINGS = OperatorSettings(operator_namespace="sas-system")
@@ -188,16 +196,56 @@ def test_probes_drain_and_grace_follow_the_runtime() -> None:
     assert pod["terminationGracePeriodSeconds"] > pre_stop + 45
 
 
-def test_config_map_holds_the_runtime_config_and_its_checksum_rolls_pods() -> None:
+def _config_volume(deployment: dict[str, Any]) -> dict[str, Any]:
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    return next(v for v in volumes if v["name"] == "config")
+
+
+def test_config_map_is_immutable_and_named_after_the_config_it_holds() -> None:
+    objects = _by_kind(_render({"batching": {"maxBatchSize": 64}}))
+    config_map = objects["ConfigMap"]
+    config_json = config_map["data"][CONFIG_FILE]
+    config = RuntimeConfig.model_validate_json(config_json)
+    assert config.batching.max_batch_size == 64
+    assert config_map["immutable"] is True
+    assert config_map["metadata"]["name"] == config_map_name("minilm", config_json)
+    assert re.fullmatch(r"minilm-config-[0-9a-f]{10}", config_map["metadata"]["name"])
+    assert config_map["metadata"]["labels"] == child_labels("minilm")
+    assert _config_volume(objects["Deployment"]) == {
+        "name": "config",
+        "configMap": {"name": config_map["metadata"]["name"]},
+    }
+
+
+def test_another_config_is_another_config_map_and_that_alone_rolls_the_pods() -> None:
     first = _by_kind(_render({"batching": {"maxBatchSize": 64}}))
     second = _by_kind(_render({"batching": {"maxBatchSize": 128, "maxQueueDepth": 2048}}))
-    config = RuntimeConfig.model_validate_json(first["ConfigMap"]["data"]["config.json"])
-    assert config.batching.max_batch_size == 64
-    annotations = [
-        o["Deployment"]["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
-        for o in (first, second)
-    ]
-    assert annotations[0] != annotations[1]
+    names = [o["ConfigMap"]["metadata"]["name"] for o in (first, second)]
+    assert names[0] != names[1]
+    assert [_config_volume(o["Deployment"])["configMap"]["name"] for o in (first, second)] == names
+    # The pod templates differ in the config volume's ConfigMap, and nowhere else.
+    rolled = copy.deepcopy(first["Deployment"])
+    _config_volume(rolled)["configMap"]["name"] = names[1]
+    assert rolled == second["Deployment"]
+    assert "annotations" not in second["Deployment"]["spec"]["template"]["metadata"]
+
+
+def test_config_map_name_is_a_dns_subdomain_for_the_longest_service_name() -> None:
+    longest = "s" * NAME_MAX_LENGTH
+    objects = _by_kind(
+        render(
+            longest,
+            "ml",
+            SparseAttentionServiceSpec(),
+            SETTINGS,
+            service_monitor_served=False,
+        )
+    )
+    name = objects["ConfigMap"]["metadata"]["name"]
+    subdomain = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    assert len(name) <= 253
+    assert re.fullmatch(subdomain, name)
+    assert _config_volume(objects["Deployment"])["configMap"]["name"] == name
 
 
 def test_auth_secret_is_mounted_and_named_in_the_config() -> None:
