@@ -122,7 +122,8 @@ async def test_a_full_queue_refuses_new_requests() -> None:
 
 
 async def test_a_request_the_full_queue_refuses_spends_no_rate_limit_token() -> None:
-    engine = FakeEngine(gate=threading.Event())
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
     bucket = TokenBucket(rate=0.001, burst=2)
     batcher = Batcher(
         engine,
@@ -137,14 +138,13 @@ async def test_a_request_the_full_queue_refuses_spends_no_rate_limit_token() -> 
         for _ in range(3):
             with pytest.raises(QueueFullError):
                 await batcher.embed(engine.encode(["b"]), deadline=_deadline())
-        assert engine.gate is not None
-        engine.gate.set()
+        gate.set()
         await admitted
         await batcher.embed(engine.encode(["c"]), deadline=_deadline())
         with pytest.raises(RateLimitedError):
             await batcher.embed(engine.encode(["d"]), deadline=_deadline())
     finally:
-        engine.gate.set()
+        gate.set()
         await batcher.stop()
 
 
