@@ -286,7 +286,7 @@ async def test_input_the_engine_refuses_is_a_value_error(pair: _Pair) -> None:
 async def test_a_full_queue_and_the_rate_limit_hold_across_clients(socket_path: str) -> None:
     gate = threading.Event()
     config = _config(max_queue_depth=2, max_batch_size=1, window_microseconds=0).model_copy(
-        update={"rate_limit": RateLimitConfig(requests_per_second=1, burst=3)}
+        update={"rate_limit": RateLimitConfig(requests_per_second=0.5, burst=3)}
     )
     async for served in _serve(socket_path, FakeEngine(gate=gate), config):
         texts = [EncodedText((1, 5, 2))]
@@ -294,13 +294,16 @@ async def test_a_full_queue_and_the_rate_limit_hold_across_clients(socket_path: 
             asyncio.create_task(served.client.embed(texts, deadline=_deadline())) for _ in range(2)
         ]
         await asyncio.sleep(0.2)
-        with pytest.raises(QueueFullError):
-            await served.client.embed(texts, deadline=_deadline())
+        for _ in range(3):
+            with pytest.raises(QueueFullError):
+                await served.client.embed(texts, deadline=_deadline())
+        gate.set()
+        assert [len(v) for v in await asyncio.gather(*first)] == [1, 1]
+        # The requests the full queue refused spent no token: the burst's third is left.
+        assert len(await served.client.embed(texts, deadline=_deadline())) == 1
         with pytest.raises(RateLimitedError) as limited:
             await served.client.embed(texts, deadline=_deadline())
         assert limited.value.retry_after > 0
-        gate.set()
-        assert [len(v) for v in await asyncio.gather(*first)] == [1, 1]
 
 
 async def test_the_deadline_is_the_front_ends(socket_path: str) -> None:
