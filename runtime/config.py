@@ -150,6 +150,18 @@ _PATTERN_FIELDS: dict[PatternType, tuple[str, ...]] = {
 }
 
 
+_PATTERN_FIELD_TYPES: dict[str, tuple[PatternType, ...]] = {
+    field: tuple(kind for kind, fields in _PATTERN_FIELDS.items() if field in fields)
+    for field in dict.fromkeys(f for fields in _PATTERN_FIELDS.values() for f in fields)
+}
+"""The pattern types that use each field; a field set for another type is refused, not ignored."""
+
+
+def _unused_field_message(field: str) -> str:
+    kinds = " or ".join(kind.value for kind in _PATTERN_FIELD_TYPES[field])
+    return f"pattern.{field} is used only by type {kinds}: remove it, or set that type"
+
+
 def _pattern_cel() -> dict[str, Any]:
     rules = [
         (
@@ -158,6 +170,13 @@ def _pattern_cel() -> dict[str, Any]:
         )
         for kind, fields in _PATTERN_FIELDS.items()
     ]
+    rules.extend(
+        (
+            f"!has(self.{field}) || self.type in [{', '.join(repr(k.value) for k in kinds)}]",
+            _unused_field_message(field),
+        )
+        for field, kinds in _PATTERN_FIELD_TYPES.items()
+    )
     rules.append(
         (
             "!has(self.globalTokens) || self.globalTokens % self.blockSize == 0",
@@ -203,6 +222,9 @@ class PatternConfig(SpecModel):
         missing = [f for f in wanted if getattr(self, _snake(f)) is None]
         if missing:
             raise ValueError(f"pattern type '{self.type.value}' requires {', '.join(wanted)}")
+        for field, kinds in _PATTERN_FIELD_TYPES.items():
+            if getattr(self, _snake(field)) is not None and self.type not in kinds:
+                raise ValueError(_unused_field_message(field))
         if self.global_tokens is not None and self.global_tokens % self.block_size:
             raise ValueError("pattern.globalTokens must be a multiple of blockSize")
         return self

@@ -30,6 +30,8 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-backend", {"attention": {"backend": "fast"}}, 'spec.attention.backend: Unsupported value: "fast"'),
     ("unknown-pattern", {"attention": {"pattern": {"type": "random"}}}, 'spec.attention.pattern.type: Unsupported value: "random"'),
     ("window-without-size", {"attention": {"pattern": {"type": "window"}}}, "pattern type 'window' requires window"),
+    ("window-on-causal", {"attention": {"pattern": {"type": "causal", "window": 1024}}}, "pattern.window is used only by type window or global-window: remove it, or set that type"),
+    ("dilation-on-dense", {"attention": {"pattern": {"dilation": 2}}}, "pattern.dilation is used only by type dilated: remove it, or set that type"),
     ("path-source-without-path", {"model": {"source": "path"}}, "model.path is required when source is 'path'"),
     ("builtin-with-path", {"model": {"source": "builtin-minilm", "path": "/models/x"}}, "model.path must be empty when source is 'builtin-minilm'"),
     ("relative-model-path", {"model": {"source": "path", "path": "models/x"}}, "spec.model.path in body should match '^/'"),

@@ -39,6 +39,14 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str | None]] = {
         {"attention": {"pattern": {"type": "topk"}}},
         "pattern type 'topk' requires topK",
     ),
+    "window on a causal pattern": (
+        {"attention": {"pattern": {"type": "causal", "window": 1024}}},
+        "pattern.window is used only by type window or global-window: remove it, or set that type",
+    ),
+    "topK on a window pattern": (
+        {"attention": {"pattern": {"type": "window", "window": 256, "topK": 4}}},
+        "pattern.topK is used only by type topk: remove it, or set that type",
+    ),
     "globalTokens not a block multiple": (
         {"attention": {"pattern": {"type": "global-window", "window": 256, "globalTokens": 100}}},
         "pattern.globalTokens must be a multiple of blockSize",

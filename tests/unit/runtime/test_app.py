@@ -183,6 +183,7 @@ async def test_attention_safetensors_round_trip(fake_engine: FakeEngine, media_t
         ({"q": torch.full((1, 2, 4, 8), float("nan"))}, None, 400, "q"),
         ({"v": torch.randn(1, 2, 4, 8).half()}, None, 400, "k"),
         ({}, {"type": "window"}, 400, "pattern"),
+        ({}, {"type": "causal", "window": 2}, 400, "pattern"),
         ({}, {"type": "document"}, 400, "document_ids"),
         ({"q": torch.randn(1, 2, 64, 64)}, None, 413, "q"),
     ],
