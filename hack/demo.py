@@ -27,7 +27,7 @@ from hack.cluster import chart, tools
 from hack.cluster.cluster import LocalCluster, die_with_parent, free_port, http_ok
 from hack.cluster.kube import Kubectl, wait_for
 from hack.cluster.operator_process import OperatorProcess
-from sas_operator.render import CONFIG_DIR, CONFIG_FILE
+from sas_operator.render import CONFIG_DIR, CONFIG_FILE, mounted_config_map
 from sas_runtime.tensor_codec import encode_payload
 from tests.e2e.services import current_and_ready
 
@@ -63,13 +63,6 @@ class Progress:
 def _service_name(kube: Kubectl) -> str:
     output = kube.apply_file(EXAMPLE)
     return output.split()[0].split("/")[-1]
-
-
-def _config_map_name(deployment: dict[str, Any]) -> str:
-    """The ConfigMap the Deployment's pods read their config from (named after its content)."""
-    volumes = deployment["spec"]["template"]["spec"]["volumes"]
-    name: str = next(v["configMap"]["name"] for v in volumes if v["name"] == "config")
-    return name
 
 
 def _runtime_command(deployment: dict[str, Any], config_file: Path, port: int) -> list[str]:
@@ -157,7 +150,7 @@ def run_demo(workdir: Path) -> None:
             deployment = kube.get("deployments", name)
             if deployment is None:
                 raise DemoFailed(f"the operator made no Deployment named {name}")
-            config_map_name = _config_map_name(deployment)
+            config_map_name = mounted_config_map(deployment)
             config_map = kube.get("configmaps", config_map_name)
             if config_map is None:
                 raise DemoFailed(

@@ -39,6 +39,7 @@ __all__ = [
     "UnrenderableSpec",
     "child_labels",
     "config_map_name",
+    "mounted_config_map",
     "pod_selector",
     "render",
     "service_url",
@@ -47,6 +48,7 @@ __all__ = [
 MANAGED_BY = "sas-operator"
 APP_NAME = "sparse-attention-service"
 CONFIG_FILE = "config.json"
+CONFIG_VOLUME = "config"
 AUTH_FILE = "token"
 CONFIG_HASH_LENGTH = 10
 """Hex digits of the config's sha256 in its ConfigMap's name (40 bits, as Kustomize's suffix)."""
@@ -89,6 +91,13 @@ def config_map_name(name: str, config_json: str) -> str:
     return f"{name}-config-{digest}"
 
 
+def mounted_config_map(deployment: Mapping[str, Any]) -> str:
+    """The name of the ConfigMap a rendered Deployment's pods read their config from."""
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    name: str = next(v["configMap"]["name"] for v in volumes if v["name"] == CONFIG_VOLUME)
+    return name
+
+
 def service_url(name: str, namespace: str) -> str:
     """In-cluster URL of the service's HTTP API."""
     return f"http://{name}.{namespace}.svc:{HTTP_SERVICE_PORT}"
@@ -109,10 +118,11 @@ def render(
     config_json = spec.runtime_config(
         auth_token_file=f"{AUTH_DIR}/{AUTH_FILE}" if spec.security.auth_secret_ref else None
     ).to_json()
+    config_name = config_map_name(name, config_json)
     objects = [
         _service_account(name, namespace),
-        _config_map(name, namespace, config_json),
-        _deployment(name, namespace, spec, settings, config_json),
+        _config_map(name, namespace, config_name, config_json),
+        _deployment(name, namespace, spec, settings, config_name),
         _service(name, namespace),
     ]
     if service_monitor_served and spec.monitoring.service_monitor.enabled:
@@ -140,15 +150,11 @@ def _service_account(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
-def _config_map(name: str, namespace: str, config_json: str) -> dict[str, Any]:
+def _config_map(name: str, namespace: str, config_name: str, config_json: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": config_map_name(name, config_json),
-            "namespace": namespace,
-            "labels": child_labels(name),
-        },
+        "metadata": {**_metadata(name, namespace), "name": config_name},
         "immutable": True,
         "data": {CONFIG_FILE: config_json},
     }
@@ -205,7 +211,7 @@ def _container(spec: SparseAttentionServiceSpec, settings: OperatorSettings) -> 
         requests["nvidia.com/gpu"] = str(gpus)
         limits["nvidia.com/gpu"] = str(gpus)
     mounts = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": TMP_DIR},
         {"name": "scratch", "mountPath": SCRATCH_DIR},
         {"name": "dshm", "mountPath": SHM_DIR},
@@ -267,9 +273,9 @@ def _container(spec: SparseAttentionServiceSpec, settings: OperatorSettings) -> 
     }
 
 
-def _volumes(name: str, spec: SparseAttentionServiceSpec, config_json: str) -> list[dict[str, Any]]:
+def _volumes(spec: SparseAttentionServiceSpec, config_name: str) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(name, config_json)}},
+        {"name": CONFIG_VOLUME, "configMap": {"name": config_name}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         {"name": "scratch", "emptyDir": {"sizeLimit": "8Gi"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
@@ -301,7 +307,7 @@ def _deployment(
     namespace: str,
     spec: SparseAttentionServiceSpec,
     settings: OperatorSettings,
-    config_json: str,
+    config_name: str,
 ) -> dict[str, Any]:
     selector = pod_selector(name)
     pod_spec: dict[str, Any] = {
@@ -319,7 +325,7 @@ def _deployment(
         + spec.server.drain_seconds
         + GRACE_MARGIN_SECONDS,
         "containers": [_container(spec, settings)],
-        "volumes": _volumes(name, spec, config_json),
+        "volumes": _volumes(spec, config_name),
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,

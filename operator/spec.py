@@ -27,6 +27,7 @@ from sas_runtime.config import (
     RuntimeConfig,
     ServerConfig,
     SpecModel,
+    cel_list,
     cel_rules,
 )
 
@@ -110,11 +111,6 @@ Quantity = Annotated[
 ]
 
 
-def _cel_list(items: tuple[str, ...]) -> str:
-    """A CEL list literal of these strings."""
-    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
-
-
 def _nested(path: str, mount: str) -> bool:
     """Whether `path` is `mount`, lies under it, or holds it (as the CEL rule says it)."""
     return f"{path}/".startswith(f"{mount}/") or f"{mount}/".startswith(
@@ -147,7 +143,7 @@ class ModelSpec(ModelConfig):
                 "model.pvc needs source 'path': the claim is mounted read-only at model.path",
             ),
             (
-                f"!has(self.path) || !{_cel_list(POD_MOUNT_PATHS)}.exists(m,"
+                f"!has(self.path) || !{cel_list(POD_MOUNT_PATHS)}.exists(m,"
                 " (self.path + '/').startsWith(m + '/')"
                 " || (m + '/').startsWith(self.path.endsWith('/') ? self.path : self.path + '/'))",
                 _MODEL_PATH_CLEAR,
@@ -309,7 +305,7 @@ class ServiceMonitorSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             (
-                f"!has(self.labels) || !self.labels.exists(k, k in {_cel_list(OPERATOR_LABEL_KEYS)})",
+                f"!has(self.labels) || !self.labels.exists(k, k in {cel_list(OPERATOR_LABEL_KEYS)})",
                 _OWN_LABELS,
             ),
         )

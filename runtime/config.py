@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,6 +41,7 @@ __all__ = [
     "ServerConfig",
     "SpecModel",
     "ValidationConfig",
+    "cel_list",
     "cel_rules",
     "load_config",
     "validation_problems",
@@ -51,6 +53,11 @@ CEL_KEY = "x-kubernetes-validations"
 def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
     """JSON-schema extra holding CEL rules as (rule, message) pairs for the generated CRD."""
     return {CEL_KEY: [{"rule": rule, "message": message} for rule, message in rules]}
+
+
+def cel_list(items: Iterable[str]) -> str:
+    """A CEL list literal of these strings."""
+    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
 
 
 class SpecModel(BaseModel):
@@ -172,7 +179,7 @@ def _pattern_cel() -> dict[str, Any]:
     ]
     rules.extend(
         (
-            f"!has(self.{field}) || self.type in [{', '.join(repr(k.value) for k in kinds)}]",
+            f"!has(self.{field}) || self.type in {cel_list(k.value for k in kinds)}",
             _unused_field_message(field),
         )
         for field, kinds in _PATTERN_FIELD_TYPES.items()

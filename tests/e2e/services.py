@@ -7,7 +7,7 @@ from typing import Any
 
 from hack.cluster.kube import Kubectl, KubectlError, WaitTimeout, wait_for
 from sas_operator.cluster import label_selector
-from sas_operator.render import child_labels
+from sas_operator.render import child_labels, mounted_config_map
 from sas_operator.spec import GROUP, KIND, PLURAL, VERSION
 from sas_operator.status import selector_string
 
@@ -89,8 +89,7 @@ def config_map_of(kube: Kubectl, name: str) -> Manifest:
     """The ConfigMap the service's Deployment mounts its config from (named after its content)."""
     deployment = kube.get("deployments", name)
     assert deployment is not None, f"no Deployment {name}"
-    volumes = deployment["spec"]["template"]["spec"]["volumes"]
-    config_name: str = next(v["configMap"]["name"] for v in volumes if v["name"] == "config")
+    config_name = mounted_config_map(deployment)
     config_map = kube.get("configmaps", config_name)
     assert config_map is not None, f"the Deployment mounts ConfigMap {config_name}, which is gone"
     return config_map
