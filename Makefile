@@ -68,7 +68,7 @@ test-unit: venv
 	$(BIN)/pytest -m "not e2e and not gpu"
 
 # The local cluster's binaries (etcd, Kubernetes, kwok, helm), built from the Go module proxy
-# into $(CACHE_DIR) once (about 15 min cold on 2 cores), then reused.
+# into $(CACHE_DIR) once (6-15 min cold on 2 cores), then reused.
 tools: venv
 	CACHE_DIR=$(CACHE_DIR) $(BIN)/python -m hack.cluster build
 
